@@ -1,0 +1,56 @@
+"""Configs are plain Python files of values and dicts, named as in Open-Sora v1.0's configs.
+
+load_config("configs/16x256.py", ["--batch_size=4", "--model.depth=2"]) -> dict
+Every key must be one of DEFAULTS (an Open-Sora v1.0 config file loads as is); a typo is an error
+that names it, in the file or on the command line. Override values are parsed as Python literals
+and fall back to plain strings (--outputs=runs/a).
+"""
+import ast
+import runpy
+
+DEFAULTS = dict(
+    # data
+    num_frames=16, frame_interval=3, image_size=(256, 256), root=None, data_path=None,
+    use_image_transform=False, num_workers=4, cache_dir=None, make_shapes=0,
+    # model and encoders (dicts with a `type`)
+    model=None, vae=None, text_encoder=None, scheduler=None, sample_scheduler=None,
+    # run
+    dtype="bf16", grad_checkpoint=False, plugin="zero2", sp_size=1, seed=42, outputs="outputs",
+    wandb=False, tensorboard=False, epochs=1000, max_steps=None, log_every=10, ckpt_every=1000,
+    load=None, batch_size=8, lr=2e-5, grad_clip=1.0, weight_decay=0.0, ema_decay=0.9999,
+    max_bad_steps=10, sample_every=0,
+    # sampling
+    fps=8, prompt_path=None, prompt=None, save_dir="samples", ckpt=None, eval_prompts=None,
+    judge=False,
+)
+
+
+def parse_value(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_config(path, overrides=()):
+    cfg = dict(DEFAULTS)
+    loaded = {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")}
+    loaded = {k: v for k, v in loaded.items() if not callable(v) and not hasattr(v, "__file__")}  # drop imports
+    for key, value in loaded.items():
+        if key not in DEFAULTS:
+            raise KeyError(f"{path}: unknown config key '{key}' (known: {', '.join(sorted(DEFAULTS))})")
+        cfg[key] = value
+    for arg in overrides:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"override '{arg}' must look like --key=value or --model.depth=2")
+        key, value = arg[2:].split("=", 1)
+        *parents, leaf = key.split(".")
+        node = cfg
+        for i, p in enumerate(parents):
+            if not isinstance(node.get(p), dict):
+                raise KeyError(f"override --{key}: '{'.'.join(parents[:i + 1])}' is not a dict in {path}")
+            node = node[p] = dict(node[p])  # copy: never mutate the file's dicts
+        if not parents and leaf not in cfg:
+            raise KeyError(f"override --{key}: unknown config key '{leaf}'")
+        node[leaf] = parse_value(value)
+    return cfg

@@ -1,0 +1,36 @@
+# Sampling config: the values of Open-Sora v1.0's configs/opensora/inference/16x512x512.py (field names unchanged).
+# python sample.py --config configs/sample_16x512.py "a prompt"
+num_frames = 16
+fps = 24 // 3
+image_size = (512, 512)
+
+model = dict(
+    type="STDiT-XL/2",
+    space_scale=1.0,
+    time_scale=1.0,
+    enable_flashattn=True,
+    enable_layernorm_kernel=True,
+    from_pretrained="OpenSora-v1-HQ-16x512x512.pth",  # fetched from the Hugging Face hub on first use
+)
+vae = dict(
+    type="VideoAutoencoderKL",
+    from_pretrained="stabilityai/sd-vae-ft-ema",
+    micro_batch_size=128,
+)
+text_encoder = dict(
+    type="t5",
+    from_pretrained="DeepFloyd/t5-v1_1-xxl",
+    model_max_length=120,
+)
+scheduler = dict(
+    type="iddpm",
+    num_sampling_steps=100,
+    cfg_scale=7.0,
+)
+dtype = "fp16"
+
+# others
+batch_size = 2
+seed = 42
+prompt_path = "configs/prompts.txt"
+save_dir = "samples"

@@ -1,0 +1,90 @@
+"""Sample videos from text.
+
+    python sample.py "a red fox in the snow"                          # Open-Sora v1.0 HQ 16x256 weights from the hub
+    python sample.py --config configs/sample_16x512.py --prompt_path prompts.txt
+    python sample.py --config configs/shapes.py "a red circle moving right" --seed 1
+Any other --key=value overrides the config (e.g. --scheduler.num_sampling_steps=50). Writes one mp4 per prompt
+into save_dir, named from the prompt, and prints the paths.
+"""
+import argparse
+import os
+import re
+
+import torch
+from tqdm import tqdm
+
+from config import load_config
+from data import write_video
+from diffusion import build_scheduler
+from model import build_model, load_checkpoint
+from text import build_text_encoder
+from vae import build_vae
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def video_name(prompt, seed):
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:80] or "video"
+    return f"{slug}-seed{seed}"
+
+
+@torch.no_grad()
+def generate(cfg, model, vae, text_encoder, prompts, save_dir, seed, device, dtype, progress=True):
+    """Sample `prompts` in batches of cfg["batch_size"], decode, write mp4s; return their paths."""
+    scheduler = build_scheduler(cfg["sample_scheduler"] or cfg["scheduler"])
+    text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
+    latent_size = vae.get_latent_size((cfg["num_frames"], *cfg["image_size"]))
+    os.makedirs(save_dir, exist_ok=True)
+    torch.manual_seed(seed)
+    paths, seen = [], set()
+    batches = range(0, len(prompts), cfg["batch_size"])
+    for i in tqdm(batches, desc="batches", disable=not progress or len(batches) == 1):
+        batch = prompts[i:i + cfg["batch_size"]]
+        z = scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), batch, device, progress=progress)
+        videos = vae.decode(z.to(dtype)).float().clamp(-1, 1)  # (n, 3, T, H, W)
+        for prompt, video in zip(batch, videos):
+            name = video_name(prompt, seed)
+            while name in seen:  # the same prompt twice in one call
+                name += "_"
+            seen.add(name)
+            paths.append(write_video(os.path.join(save_dir, name + ".mp4"), video, cfg["fps"]))
+    return paths
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("prompts", nargs="*", help="text prompts (or --prompt_path)")
+    parser.add_argument("--config", default="configs/sample_16x256.py")
+    parser.add_argument("--ckpt", help="model weights: a .pth/.safetensors file, a hub file name, or a run folder")
+    parser.add_argument("--prompt_path", help="a text file with one prompt per line")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--save_dir")
+    args, overrides = parser.parse_known_args()
+    cfg = load_config(args.config, overrides)
+    prompt_path = args.prompt_path or (None if args.prompts else cfg["prompt_path"])
+    prompts = list(args.prompts)
+    if prompt_path:
+        with open(prompt_path) as f:
+            prompts += [line.strip() for line in f if line.strip()]
+    if not prompts:
+        parser.error("no prompts: give them on the command line or with --prompt_path")
+    weights = args.ckpt or cfg["ckpt"] or cfg["model"].get("from_pretrained")
+    if not weights:
+        parser.error(f"{args.config} names no model weights: pass --ckpt PATH")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[cfg["dtype"]] if device.type == "cuda" else torch.float32
+    vae = build_vae(cfg["vae"], device=device, dtype=dtype)
+    text_encoder = build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
+    model = build_model(cfg["model"] | dict(from_pretrained=None), input_size=vae.get_latent_size(
+        (cfg["num_frames"], *cfg["image_size"])), in_channels=vae.out_channels, caption_channels=text_encoder.output_dim,
+        model_max_length=text_encoder.model_max_length, dtype=dtype)
+    load_checkpoint(model, weights)
+    model = model.to(device, dtype).eval()
+    seed = cfg["seed"] if args.seed is None else args.seed
+    for path in generate(cfg, model, vae, text_encoder, prompts, args.save_dir or cfg["save_dir"], seed, device, dtype):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Train STDiT. Read top to bottom: config, distributed, data, encoders, model, optimizer, resume, loop.
+
+    torchrun --nproc_per_node 8 train.py configs/16x256.py --data_path=train.csv
+    python train.py configs/shapes.py                      # the CPU demo
+    python train.py configs/shapes.py --load=outputs/shapes  # resume from the latest checkpoint
+"""
+import math
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+import data
+import parallel
+from config import load_config
+from diffusion import build_scheduler
+from model import build_model
+from text import build_text_encoder
+from vae import build_vae
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+# ----------------------------------------------------------------------------- config
+if len(sys.argv) < 2:
+    sys.exit("usage: [torchrun ...] train.py CONFIG.py [--key=value ...]")
+cfg = load_config(sys.argv[1], sys.argv[2:])
+run_dir = os.path.join(cfg["outputs"], os.path.splitext(os.path.basename(sys.argv[1]))[0])
+
+# ----------------------------------------------------------------------------- distributed
+ctx = parallel.setup(cfg["sp_size"])
+device = ctx.device
+dtype = DTYPES[cfg["dtype"]] if device.type == "cuda" else torch.float32  # CPU trains in fp32
+torch.manual_seed(cfg["seed"] + ctx.dp_rank)  # SP ranks of one group must draw the same t, noise and dropout
+log = print if ctx.is_main else (lambda *a, **k: None)
+
+# ----------------------------------------------------------------------------- data
+if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
+    if ctx.is_main:  # the demo makes its own toy data set on first use
+        data.make_shapes(os.path.dirname(cfg["data_path"]), cfg["make_shapes"])
+    parallel.barrier()
+if cfg["cache_dir"] and not data.cache_complete(cfg):
+    if ctx.is_main:
+        data.build_cache(cfg, device=device)
+    parallel.barrier()
+dataset = data.build_dataset(cfg)
+sampler = parallel.ShardedSampler(len(dataset), ctx.dp_rank, ctx.dp_size, seed=cfg["seed"])
+loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps DataLoader seeding off the global RNG (exact resume)
+loader = torch.utils.data.DataLoader(
+    dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["num_workers"], drop_last=True,
+    pin_memory=device.type == "cuda", generator=loader_gen, persistent_workers=False)
+steps_per_epoch = len(loader)
+if steps_per_epoch == 0:
+    sys.exit(f"{cfg['data_path']}: {len(dataset)} samples give no full batch of {cfg['batch_size']} per rank")
+
+# ----------------------------------------------------------------------------- encoders
+vae = build_vae(cfg["vae"], device=device, dtype=dtype)
+text_encoder = None if cfg["cache_dir"] else build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
+input_size = (cfg["num_frames"], *cfg["image_size"])
+latent_size = vae.get_latent_size(input_size)
+
+# ----------------------------------------------------------------------------- model
+model = build_model(
+    cfg["model"], input_size=latent_size, in_channels=vae.out_channels,
+    caption_channels=data.caption_channels(cfg, text_encoder), model_max_length=cfg["text_encoder"]["model_max_length"],
+    dtype=dtype, enable_sequence_parallelism=ctx.sp_size > 1).to(device, dtype).train()
+model.grad_checkpointing = cfg["grad_checkpoint"]
+if ctx.sp_size > 1:
+    parallel.enable_sequence_parallel(model, ctx.sp_group)
+ema = build_model(cfg["model"] | dict(from_pretrained=None), input_size=latent_size, in_channels=vae.out_channels,
+                  caption_channels=model.caption_channels, model_max_length=model.model_max_length).to(device).eval()
+ema.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+ema.requires_grad_(False)
+scheduler = build_scheduler(cfg["scheduler"])
+log(f"STDiT: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, latent {tuple(latent_size)}, "
+    f"{ctx.world_size} ranks (dp {ctx.dp_size} x sp {ctx.sp_size}), {dtype}")
+
+# ----------------------------------------------------------------------------- optimizer
+params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+opt = parallel.ZeroAdamW(params, group=ctx.dp_group, ctx=ctx, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master + AdamW moments, 1/{ctx.dp_size} each)")
+
+# ----------------------------------------------------------------------------- resume
+step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
+if cfg["load"]:
+    ckpt = torch.load(data.latest_checkpoint(cfg["load"]), map_location="cpu", weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["optimizer"])
+    step, epoch, start = ckpt["step"], ckpt["epoch"], ckpt["start"]
+    torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
+    if device.type == "cuda" and "cuda_rng" in ckpt:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"][ctx.dp_rank % len(ckpt["cuda_rng"])])
+    run_dir = os.path.dirname(data.latest_checkpoint(cfg["load"]))
+    log(f"resumed from {cfg['load']} at step {step} (epoch {epoch}, sample {start})")
+
+
+def save_checkpoint():
+    """Every rank takes part (the optimizer state is gathered); rank 0 writes, atomically."""
+    rng = parallel.all_gather_object(torch.get_rng_state(), ctx.dp_group)
+    state = dict(model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
+                 start=start, rng=rng, config=cfg)
+    if device.type == "cuda":
+        state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
+    if ctx.is_main:
+        path = data.save_checkpoint(state, run_dir, step)
+        log(f"saved {path}")
+    parallel.barrier()
+
+
+def encode(batch):
+    """(video, text) or cached (latent, y, mask) -> x0 (B,C,T,h,w) and the model's caption kwargs."""
+    if "latent" in batch:
+        return batch["latent"].to(device, dtype), dict(y=batch["y"].to(device, dtype), mask=batch["mask"].to(device))
+    with torch.no_grad():
+        x = vae.encode(batch["video"].to(device, dtype))
+        return x, text_encoder.encode(batch["text"])
+
+
+# ----------------------------------------------------------------------------- loop
+max_steps = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
+bad_steps = bad_in_a_row = 0
+bar = tqdm(total=max_steps, initial=step, disable=not ctx.is_main, dynamic_ncols=True)
+t_last, n_last = time.time(), step
+while step < max_steps:
+    sampler.set_epoch(epoch, start=start)
+    for batch in loader:
+        x, model_kwargs = encode(batch)
+        t = torch.randint(0, scheduler.num_timesteps, (x.shape[0],), device=device)
+        loss = scheduler.training_losses(model, x, t, model_kwargs)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        grad_norm = opt.step(cfg["grad_clip"])  # ZeRO-2: reduce-scatter, clip, AdamW on the shard, all-gather
+        start += cfg["batch_size"]
+        step += 1
+        if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
+            bad_steps += 1
+            bad_in_a_row += 1
+            if bad_in_a_row >= cfg["max_bad_steps"]:
+                sys.exit(f"step {step}: {bad_in_a_row} non-finite losses/gradients in a row; stopping "
+                         f"(lower lr, check the data, or --load the last good checkpoint)")
+        else:
+            bad_in_a_row = 0
+            with torch.no_grad():  # EMA in fp32 (v1.0 skips pos_embed, a buffer here anyway)
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p.float(), 1 - cfg["ema_decay"])
+        if step % cfg["log_every"] == 0 or step == max_steps:
+            loss_avg = parallel.all_reduce_mean(loss.detach(), ctx)
+            rate = (step - n_last) * cfg["batch_size"] * ctx.dp_size / (time.time() - t_last)
+            t_last, n_last = time.time(), step
+            bar.set_postfix(loss=f"{loss_avg:.4f}", epoch=epoch, gnorm=f"{grad_norm:.2f}",
+                            skipped=data.skipped_count(dataset) + bad_steps, samples_s=f"{rate:.1f}")
+        bar.update(1)
+        if step % cfg["ckpt_every"] == 0 or step == max_steps:
+            save_checkpoint()
+        if step >= max_steps:
+            break
+    else:  # epoch finished
+        epoch, start = epoch + 1, 0
+bar.close()
+
+# ----------------------------------------------------------------------------- samples at the end
+if cfg["eval_prompts"] and ctx.is_main:
+    import sample
+    sample.generate(cfg, ema, vae, cfg["eval_prompts"], os.path.join(run_dir, "samples"), seed=cfg["seed"],
+                    device=device, dtype=dtype)
+parallel.cleanup()
