@@ -1,0 +1,456 @@
+"""STDiT, the spatial-temporal diffusion transformer of Open-Sora v1.0, numerically identical to it.
+
+    model = build_model(dict(type="STDiT-XL/2", space_scale=0.5), input_size=(16, 32, 32), in_channels=4)
+    out = model(x, timestep, y, mask)  # (B, C, T, H, W), (B,), (B, 1, L, 4096), (B, L) -> (B, 2C, T, H, W)
+
+Blocks: spatial attention within a frame, temporal attention across frames, cross-attention to the caption, MLP, all
+conditioned on the timestep through one shared projection ("adaLN-single"). "v1.0:" marks a quirk of the original
+kept on purpose, with the fixture in shared/fixtures/ that proves it.
+Dims: B batch, T frames, S spatial tokens per frame, N = T*S, C hidden channels, L caption tokens, H heads.
+"""
+import inspect
+import math
+import os
+import re
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+try:
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+except ImportError:  # no flash-attn wheel (CPU machines): torch's scaled_dot_product_attention does the work
+    flash_attn_func = flash_attn_varlen_func = None
+
+
+# ----------------------------------------------------------------------------- attention
+def use_flash(q):
+    return flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(D)) v per sample and head: q (B, N, H, D), k and v (B, M, H, D) -> (B, N, H, D).
+
+    Every attention of the model goes through here: flash-attn when importable and the tensors are CUDA fp16/bf16,
+    else torch SDPA. mask (B, M) bool: the keys each sample may attend to. v1.0 packs each sample's kept caption tokens
+    (mask != 0, any positions) under a block-diagonal mask; a key-padding mask gives the same softmax, key order does
+    not matter (stdit_pipeline_ref.pt out_nonprefix). A sample with no kept key gets zeros (v1.0's empty block), no NaN.
+    """
+    if use_flash(q):
+        if mask is None:
+            return flash_attn_func(q, k, v)
+        B, N, H, D = q.shape
+        lens = mask.sum(1, dtype=torch.int32)  # kept keys per sample
+        cu_k = F.pad(lens.cumsum(0, dtype=torch.int32), (1, 0))
+        cu_q = torch.arange(0, (B + 1) * N, N, dtype=torch.int32, device=q.device)
+        out = flash_attn_varlen_func(q.reshape(B * N, H, D), k[mask], v[mask], cu_q, cu_k, N, max(int(lens.max()), 1))
+        out = out.view(B, N, H, D)
+    else:
+        attn_mask = None
+        if mask is not None:  # (B, 1, 1, M) broadcast over heads and queries; an empty row is opened, zeroed below
+            attn_mask = (mask | ~mask.any(1, keepdim=True))[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=attn_mask).transpose(1, 2)
+    if mask is not None:
+        out = torch.where(mask.any(1)[:, None, None, None], out, 0.0)
+    return out
+
+
+class SelfAttention(nn.Module):
+    """Fused qkv Linear -> attention among the N tokens of each row -> proj: (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attend = attention  # parallel.py wraps this in a Ulysses all-to-all on the temporal attentions
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)  # q | k | v, (B, N, H, D)
+        return self.proj(self.attend(q, k, v).reshape(B, N, C))
+
+
+class CrossAttention(nn.Module):
+    """Image tokens (queries) attend to caption tokens: x (B, N, C), y (B, L, C), mask (B, L) bool -> (B, N, C)."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, y, mask):
+        (B, N, C), H = x.shape, self.num_heads
+        q = self.q_linear(x).view(B, N, H, C // H)
+        k, v = self.kv_linear(y).view(B, y.shape[1], 2, H, C // H).unbind(2)  # k | v
+        return self.proj(attention(q, k, v, mask).reshape(B, N, C))
+
+
+# ----------------------------------------------------------------------------- embedders and layers
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+def drop_path(x, p, training):
+    """Stochastic depth: drop a sample's whole branch with probability p, scale the kept ones by 1/(1-p)."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty(x.shape[0], *[1] * (x.ndim - 1)).bernoulli_(1 - p)
+    return x * keep.div_(1 - p)
+
+
+class Mlp(nn.Module):
+    """Linear -> tanh-GELU -> Linear: every block's MLP and the caption projection."""
+
+    def __init__(self, dim_in, dim_hidden, dim_out):
+        super().__init__()
+        self.fc1 = nn.Linear(dim_in, dim_hidden)
+        self.fc2 = nn.Linear(dim_hidden, dim_out)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def timestep_embedding(t, dim=256):
+    """(B,) -> (B, dim) float32 sinusoid. v1.0: [cos, sin], the reverse of the positional tables (stdit_tiny_ref.pt)."""
+    freqs = torch.exp(-math.log(10000) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))  # on the CPU as v1.0
+    args = t[:, None].float() * freqs.to(t.device)[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class CaptionEmbedder(nn.Module):
+    """(B, 1, L, caption_channels) -> (B, 1, L, C); in train mode a caption is replaced by the learned null caption
+    `y_embedding` with probability dropout_prob (classifier-free guidance learns from those)."""
+
+    def __init__(self, caption_channels, hidden_size, dropout_prob, max_length):
+        super().__init__()
+        self.y_proj = Mlp(caption_channels, hidden_size, hidden_size)
+        self.register_buffer("y_embedding", torch.randn(max_length, caption_channels) / caption_channels**0.5)
+        self.dropout_prob = dropout_prob
+
+    def forward(self, y):
+        if self.training and self.dropout_prob > 0:
+            # drawn from the global CPU generator like v1.0 (which then calls .cuda() on it, so it could not train on
+            # the CPU). The caption's mask is kept: the null caption is masked like the prompt it replaces.
+            drop = (torch.rand(y.shape[0]) < self.dropout_prob).to(y.device)
+            y = torch.where(drop[:, None, None, None], self.y_embedding.to(y.dtype), y)
+        return self.y_proj(y)
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm modulated by its own table + t (v1.0: t, not t0), Linear to a patch: (B, N, C) -> (B, N, P)."""
+
+    def __init__(self, hidden_size, out_features):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.linear = nn.Linear(hidden_size, out_features)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+
+    def forward(self, x, t):
+        shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)  # (B, 1, C) each
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+# ----------------------------------------------------------------------------- blocks
+class STDiTBlock(nn.Module):
+    def __init__(self, hidden_size, num_heads, mlp_ratio, drop_path):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.attn = SelfAttention(hidden_size, num_heads)
+        self.cross_attn = CrossAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), hidden_size)
+        self.drop_path = drop_path
+        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+        self.attn_temp = SelfAttention(hidden_size, num_heads)
+
+    def forward(self, x, y, t0, mask, tpe=None):
+        """x (B, T, S, C), y (B, L, C), t0 (B, 6C), mask (B, L) bool or None, tpe (1, T, C) or None -> (B, T, S, C)."""
+        B, T, S, C = x.shape
+        mod = (self.scale_shift_table[None] + t0.view(B, 6, C)).view(B, 6, 1, 1, C)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.unbind(1)  # v1.0 order, (B, 1, 1, C)
+        # spatial: the S tokens of each frame attend to each other
+        h = modulate(self.norm1(x), shift_msa, scale_msa).reshape(B * T, S, C)
+        x = x + drop_path(gate_msa * self.attn(h).view(B, T, S, C), self.drop_path, self.training)
+        # temporal: the T frames of each spatial position attend to each other. v1.0: on the raw residual stream (no
+        # norm, no modulation), gated by the SPATIAL gate_msa; the temporal table goes into block 0's attention input
+        # only (stdit_tiny_ref.pt). With frames split over ranks, this is the attention that parallel.py wraps.
+        h = x.transpose(1, 2)  # (B, S, T, C)
+        if tpe is not None:
+            h = h + tpe
+        h = self.attn_temp(h.reshape(B * S, T, C)).view(B, S, T, C).transpose(1, 2)
+        x = x + drop_path(gate_msa * h, self.drop_path, self.training)
+        # cross-attention to the caption. v1.0: raw residual stream, no norm, no gate (stdit_tiny_ref.pt)
+        x = x + self.cross_attn(x.reshape(B, T * S, C), y, mask).view(B, T, S, C)
+        h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x + drop_path(gate_mlp * h, self.drop_path, self.training)
+
+
+# ----------------------------------------------------------------------------- model
+class STDiT(nn.Module):
+    """Open-Sora v1.0's STDiT: same keywords, defaults and state_dict keys.
+
+    input_size: the latent (T, H, W) the positional buffers are made for (other sizes divisible by patch_size get
+    tables computed on the fly). pred_sigma: also predict the variance values (out_channels = 2 * in_channels).
+    space_scale, time_scale: positions are divided by them. dtype: inputs are cast to it (the caller casts the
+    weights); the output is float32. freeze: "not_temporal" trains only the temporal attentions, "text" freezes the
+    cross-attentions. Accepted, no effect: no_temporal_pos_emb (v1.0 ignores it too), enable_flashattn (`attention`
+    takes flash-attn when importable), enable_layernorm_kernel (torch's LayerNorm), enable_sequence_parallelism
+    (parallel.py does that work). `model.grad_checkpointing = True` recomputes each block in the backward pass.
+    """
+
+    def __init__(self, input_size=(1, 32, 32), in_channels=4, patch_size=(1, 2, 2), hidden_size=1152, depth=28,
+                 num_heads=16, mlp_ratio=4.0, class_dropout_prob=0.1, pred_sigma=True, drop_path=0.0,
+                 no_temporal_pos_emb=False, caption_channels=4096, model_max_length=120, dtype=torch.float32,
+                 space_scale=1.0, time_scale=1.0, freeze=None, enable_flashattn=False, enable_layernorm_kernel=False,
+                 enable_sequence_parallelism=False):
+        super().__init__()
+        if hidden_size % num_heads or hidden_size % 4:
+            raise ValueError(f"STDiT: hidden_size {hidden_size} must be divisible by num_heads {num_heads} and by 4")
+        if freeze not in (None, "not_temporal", "text"):
+            raise ValueError(f"STDiT: freeze={freeze!r}, expected None, 'not_temporal' or 'text'")
+        self.input_size, self.patch_size = tuple(input_size), tuple(patch_size)
+        self.in_channels, self.out_channels = in_channels, in_channels * 2 if pred_sigma else in_channels
+        self.hidden_size, self.caption_channels, self.model_max_length = hidden_size, caption_channels, model_max_length
+        self.space_scale, self.time_scale, self.dtype = space_scale, time_scale, dtype
+        self.enable_sequence_parallelism = enable_sequence_parallelism
+        self.grad_checkpointing = False
+        grid = [n // p for n, p in zip(self.input_size, self.patch_size)]
+        self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, grid[1], grid[2], space_scale))
+        self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, grid[0], time_scale))
+
+        # x_embedder and t_embedder are ModuleDicts only to keep v1.0's key names
+        self.x_embedder = nn.ModuleDict(dict(proj=nn.Conv3d(in_channels, hidden_size, patch_size, stride=patch_size)))
+        self.t_embedder = nn.ModuleDict(dict(mlp=nn.Sequential(nn.Linear(256, hidden_size), nn.SiLU(),
+                                                               nn.Linear(hidden_size, hidden_size))))
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # v1.0: float32 rates
+        self.blocks = nn.ModuleList(STDiTBlock(hidden_size, num_heads, mlp_ratio, r) for r in rates)
+        self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size) * self.out_channels)
+        self.initialize_weights()
+        for name, p in self.named_parameters():
+            if (freeze == "not_temporal" and "attn_temp" not in name) or (freeze == "text" and "cross_attn" in name):
+                p.requires_grad = False
+
+    def initialize_weights(self):  # v1.0's init, in its order
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.x_embedder.proj.weight  # like a Linear over the flattened patch
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1], self.y_embedder.y_proj.fc1,
+                    self.y_embedder.y_proj.fc2):
+            nn.init.normal_(lin.weight, std=0.02)
+        # the branches that start as nothing: cross-attention, the temporal attention (so a PixArt image model
+        # loaded into STDiT starts out as that image model, frame by frame) and the output layer
+        for lin in [b.cross_attn.proj for b in self.blocks] + [b.attn_temp.proj for b in self.blocks] + [
+                self.final_layer.linear]:
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x, timestep, y, mask=None):
+        """x (B, C_in, T, H, W), timestep (B,) float or int, y (B, 1, L, caption_channels), mask (B, L) or (B, 1, 1, L)
+        or (b, L) with b dividing B (tiled: the guidance samplers pass one mask for cond and uncond rows)
+        -> (B, C_out, T, H, W) float32."""
+        mask = self.check_inputs(x, timestep, y, mask)
+        # v1.0 casts the timestep to the model dtype too (bf16 rounds 911 to 912); int64 -> float gives the float
+        # result (stdit_pipeline_ref.pt out_long_timestep)
+        x, timestep, y = x.to(self.dtype), timestep.to(self.dtype), y.to(self.dtype)
+        grid = [n // p for n, p in zip(x.shape[2:], self.patch_size)]  # (T', H', W') tokens
+        pos, tpe = self.pos_embed, self.pos_embed_temporal
+        if tuple(x.shape[2:]) != self.input_size:  # another size than the buffers': tables for this grid
+            pos = spatial_pos_embed(self.hidden_size, grid[1], grid[2], self.space_scale).to(x.device, x.dtype)
+            tpe = temporal_pos_embed(self.hidden_size, grid[0], self.time_scale).to(x.device, x.dtype)
+
+        # embed
+        x = self.x_embedder.proj(x).flatten(3).permute(0, 2, 3, 1) + pos  # (B, T, S, C), v1.0: same table every frame
+        t = self.t_embedder.mlp(timestep_embedding(timestep).to(x.dtype))  # (B, C)
+        t0 = self.t_block(t)  # (B, 6C), shared by all blocks
+        y = self.y_embedder(y).squeeze(1)  # (B, L, C)
+
+        # blocks
+        for i, block in enumerate(self.blocks):
+            args = (x, y, t0, mask, tpe if i == 0 else None)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, *args, use_reentrant=False)
+            else:
+                x = block(*args)
+
+        # final layer
+        x = self.final_layer(x.flatten(1, 2), t)  # (B, N, prod(patch) * C_out)
+        return self.unpatchify(x, grid).float()
+
+    def check_inputs(self, x, timestep, y, mask):
+        """Clear errors for bad shapes; returns the caption mask as (B, L) bool, or None."""
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"STDiT: x must be (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
+        if any(n % p for n, p in zip(x.shape[2:], self.patch_size)):
+            raise ValueError(f"STDiT: x's (T, H, W) {tuple(x.shape[2:])} not divisible by patch_size {self.patch_size}")
+        B = x.shape[0]
+        if tuple(timestep.shape) != (B,):
+            raise ValueError(f"STDiT: timestep must have shape ({B},), got {tuple(timestep.shape)}")
+        if y.ndim != 4 or y.shape[0] != B or y.shape[1] != 1 or y.shape[3] != self.caption_channels:
+            raise ValueError(f"STDiT: y must be ({B}, 1, L, caption_channels={self.caption_channels}), "
+                             f"got {tuple(y.shape)}")
+        L, dropout = y.shape[2], self.training and self.y_embedder.dropout_prob > 0  # dropout: L = the null caption's
+        if L > self.model_max_length or (dropout and L != self.model_max_length):
+            raise ValueError(f"STDiT: caption length {L} is above model_max_length {self.model_max_length} (or, when "
+                             "training with caption dropout, not equal to it)")
+        if mask is None:
+            return mask
+        if mask.ndim == 4 and mask.shape[1:3] == (1, 1):
+            mask = mask[:, 0, 0]
+        if mask.ndim != 2 or mask.shape[1] != L or B % mask.shape[0]:
+            raise ValueError(f"STDiT: mask must be (b, {L}) or (b, 1, 1, {L}) with b dividing the batch {B}, "
+                             f"got {tuple(mask.shape)}")
+        # v1.0 tiles a mask with fewer rows (stdit_pipeline_ref.pt out_repeat) and keeps tokens where mask != 0
+        return mask.repeat(B // mask.shape[0], 1) != 0
+
+    def unpatchify(self, x, grid):
+        """(B, N, prod(patch) * C_out) -> (B, C_out, T, H, W). v1.0: the channel is the innermost feature index
+        (stdit_tiny_ref.pt)."""
+        (t, h, w), (pt, ph, pw), c = grid, self.patch_size, self.out_channels
+        x = x.view(x.shape[0], t, h, w, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(x.shape[0], c, t * pt, h * ph, w * pw)
+
+
+# ----------------------------------------------------------------------------- positional embeddings
+def sincos(pos, dim):
+    """(M,) positions -> (M, dim) float64 [sin(pos w), cos(pos w)], w_k = 10000^(-k/(dim/2)), k < dim/2."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = np.outer(pos, omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def spatial_pos_embed(dim, h, w, scale):
+    """(1, h*w, dim) in token order (h, w). v1.0: the FIRST half of the channels encodes the column w, the second the
+    row h, positions are float32 arange / scale, the table float64 cast to float32 (stdit_tiny_ref.pt pos_embed)."""
+    cols, rows = np.meshgrid(np.arange(w, dtype=np.float32) / scale, np.arange(h, dtype=np.float32) / scale)
+    table = np.concatenate([sincos(cols.reshape(-1), dim // 2), sincos(rows.reshape(-1), dim // 2)], axis=1)
+    return torch.from_numpy(table).float()[None]
+
+
+def temporal_pos_embed(dim, t, scale):
+    """(1, t, dim), frame f at position f / scale (stdit_tiny_ref.pt pos_embed_temporal)."""
+    return torch.from_numpy(sincos(np.arange(t) / scale, dim)).float()[None]
+
+
+# ----------------------------------------------------------------------------- sizes
+MODELS = {"STDiT-XL/2": dict(depth=28, hidden_size=1152, patch_size=(1, 2, 2), num_heads=16)}
+
+
+def build_model(cfg, **kwargs):
+    """cfg: a config's model dict, e.g. dict(type="STDiT-XL/2", space_scale=0.5, from_pretrained=...); type "STDiT"
+    takes its sizes from cfg. Values in cfg override the named size's (--model.depth=2); kwargs (input_size,
+    in_channels, caption_channels, model_max_length, dtype from train.py/sample.py) override both."""
+    cfg = dict(cfg)
+    kind, weights = cfg.pop("type", None), cfg.pop("from_pretrained", None)
+    if kind != "STDiT" and kind not in MODELS:
+        raise ValueError(f"unknown model type {kind!r}; known: {', '.join([*MODELS, 'STDiT'])}")
+    args = {**MODELS.get(kind, {}), **cfg, **kwargs}
+    unknown = sorted(set(args) - set(inspect.signature(STDiT).parameters))
+    if unknown:
+        raise TypeError(f"model config: unknown keys {unknown} for {kind}")
+    model = STDiT(**args)
+    if weights:
+        load_checkpoint(model, weights)
+    return model
+
+
+# ----------------------------------------------------------------------------- checkpoint loading
+HUB_FILES = {  # file name -> Hugging Face repo
+    **dict.fromkeys(["OpenSora-v1-HQ-16x256x256.pth", "OpenSora-v1-HQ-16x512x512.pth", "OpenSora-v1-16x256x256.pth"],
+                    "hpcai-tech/Open-Sora"),
+    **dict.fromkeys(["PixArt-XL-2-512x512.pth", "PixArt-XL-2-256x256.pth", "PixArt-XL-2-1024-MS.pth"],
+                    "PixArt-alpha/PixArt-alpha")}
+POS_KEYS = ("pos_embed", "pos_embed_temporal")
+PIXART_EXTRA = ("csize_embedder.", "ar_embedder.")  # PixArt-XL-2-1024-MS's size conditioning; STDiT has none
+
+
+def resolve_weights(name):
+    """An existing local file or folder (also under ./pretrained_models/, where v1.0 keeps them), else a known hub
+    file fetched with huggingface_hub into its cache."""
+    for path in (name, os.path.join("pretrained_models", name)):
+        if os.path.exists(path):
+            return path
+    base = os.path.basename(name)
+    if base not in HUB_FILES:
+        raise FileNotFoundError(f"model weights {name!r}: no such file or folder, and not one of the hub files "
+                                f"{', '.join(HUB_FILES)}")
+    from huggingface_hub import hf_hub_download
+    try:
+        return hf_hub_download(HUB_FILES[base], base)
+    except Exception as e:  # offline, network, auth: one line saying what to do instead
+        url = f"https://huggingface.co/{HUB_FILES[base]}/resolve/main/{base}"
+        raise FileNotFoundError(f"model weights {name!r}: not found locally and the download failed "
+                                f"({type(e).__name__}): get {url} and pass its path") from e
+
+
+def latest_checkpoint(path):
+    """A run folder -> its newest stepNNNNNNN.pt; a file is returned as is."""
+    if os.path.isfile(path):
+        return path
+    steps = [f for f in os.listdir(path) if re.fullmatch(r"step\d+\.pt", f)] if os.path.isdir(path) else []
+    if not steps:
+        raise FileNotFoundError(f"{path}: no stepNNNNNNN.pt checkpoint there")
+    return os.path.join(path, max(steps, key=lambda f: int(f[4:-3])))
+
+
+def save_checkpoint(state, path):
+    """torch.save into a temporary file, then rename it: an interrupted write never replaces a good checkpoint."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(model, path_or_name):
+    """Load Open-Sora v1.0 (.pth), PixArt-alpha (.pth, an image model: no temporal branch), .safetensors, or our own
+    checkpoints (a file or a run folder). Expected gaps are printed; anything else is an error naming the keys."""
+    path = latest_checkpoint(resolve_weights(path_or_name))
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        sd = load_file(path)
+    else:  # a wrapped dict: "ema" if present (our training checkpoints hold "model" and "ema"; sampling wants the
+        # EMA, as v1.0's loader), else "model", else "state_dict" (PixArt-alpha); otherwise a plain state dict
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = next((sd[k] for k in ("ema", "model", "state_dict") if isinstance(sd.get(k), dict)), sd)
+    sd = dict(sd)
+    # v1.0's loader drops both tables and loads non-strict: the model's own, computed for its size, are kept
+    dropped = [k for k in POS_KEYS if sd.pop(k, None) is not None]
+    w = sd.get("x_embedder.proj.weight")
+    if w is not None and w.ndim == 4:  # PixArt-alpha's 2D patch conv (C, C_in, 2, 2) -> 3D (C, C_in, 1, 2, 2)
+        sd["x_embedder.proj.weight"] = w.unsqueeze(2)
+    own = model.state_dict()
+    image_model = not any(".attn_temp." in k for k in sd)  # PixArt-alpha: the temporal branch stays at its init
+    missing = [k for k in own if k not in sd and k not in POS_KEYS]
+    unexpected = [k for k in sd if k not in own]
+    skipped = [k for k in unexpected if image_model and k.startswith(PIXART_EXTRA)]
+    temporal = [k for k in missing if image_model and ".attn_temp." in k]
+    bad = {"missing": [k for k in missing if k not in temporal],
+           "unexpected": [k for k in unexpected if k not in skipped],
+           "shape mismatch": [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                              for k in sd if k in own and sd[k].shape != own[k].shape]}
+    if any(bad.values()):
+        listed = "; ".join(f"{what} ({len(keys)}): {', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}"
+                           for what, keys in bad.items() if keys)
+        raise ValueError(f"{path}: foreign key layout for this STDiT: {listed}")
+    for k in skipped:
+        del sd[k]
+    model.load_state_dict(sd, strict=False)
+    notes = [f"; kept the model's own {', '.join(dropped)}"] * bool(dropped) + [
+        f"; {len(temporal)} temporal-branch (attn_temp) tensors not in the file, left at init"] * bool(temporal)
+    print(f"loaded {path}" + "".join(notes) + f"; ignored {', '.join(skipped)}" * bool(skipped))
