@@ -1,0 +1,198 @@
+"""The frozen text encoder: captions -> token embeddings y (B, 1, L, C) and mask (B, L) for STDiT's cross-attention.
+
+Open-Sora v1.0 uses T5 v1.1 XXL's encoder (C = 4096) with L = 120 tokens, after cleaning every caption the way
+DeepFloyd IF / PixArt did (clean_caption below): the released checkpoints saw only cleaned captions.
+
+    text_encoder = build_text_encoder(dict(type="t5", from_pretrained="DeepFloyd/t5-v1_1-xxl", model_max_length=120))
+    out = text_encoder.encode(["a cat playing piano"])  # dict(y=(1, 1, 120, 4096), mask=(1, 120))
+    text_encoder.y_embedder = model.y_embedder          # then null(n) is the model's learned "no caption" embedding
+
+from_pretrained=None builds a tiny random T5 over bytes (ByT5's tokenizer needs no files) for tests and the CPU demo.
+"""
+import html
+import os
+import re
+import unicodedata
+import urllib.parse
+from html.parser import HTMLParser
+
+import torch
+
+# ----------------------------------------------------------------------------- caption cleaning
+# v1.0's T5 path always cleans (use_text_preprocessing is never turned off) and cleans TWICE: a second pass catches
+# what the first one exposes. The rules, in v1.0's order, are behaviour, so they are kept as they are, quirks
+# included: '+' becomes a space (URL unquoting), "www:" (not "www.") in the second URL rule, any "download" or
+# "shipping" is dropped. Dims, ids and names like "jc6640" go too, and every caption is lower-cased.
+# v1.0 calls two libraries we do without: BeautifulSoup(..., "html.parser").text is the text of python's own HTML
+# parser (html_text), and ftfy.fix_text is reduced to what it does to already-decoded text (fix_unicode); its
+# mojibake repair ("cafÃ©" -> "café") is not reproduced: such captions get different tokens than in v1.0.
+
+def rules(*pairs):
+    return [(re.compile(pattern), repl) for pattern, repl in pairs]
+
+
+DOMAIN = r"[a-zA-Z0-9.\-]+[.](?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b\/?(?!@)"
+FILE_EXT = r"(?:png|jpg|jpeg|bmp|webp|eps|pdf|apk|mp4)"
+BEFORE_HTML = rules(
+    (r"<person>", "person"),
+    (r"\b((?:https?:(?:\/{1,3}|[a-zA-Z0-9%])|" + DOMAIN + "))", ""),  # urls
+    (r"\b((?:www:(?:\/{1,3}|[a-zA-Z0-9%])|" + DOMAIN + "))", ""),
+)
+AFTER_HTML = rules(
+    (r"@[\w\d]+\b", ""),  # @nickname
+    (r"[\u31c0-\u9fff]+", ""),  # CJK strokes .. CJK unified ideographs (v1.0 lists 7 adjacent ranges)
+    (r"[\u002D\u058A\u05BE\u1400\u1806\u2010-\u2015\u2E17\u2E1A\u2E3A\u2E3B\u2E40\u301C\u3030\u30A0\uFE31\uFE32"
+     r"\uFE58\uFE63\uFF0D]+", "-"),  # every dash
+    (r"[`´«»“”¨]", '"'), (r"[‘’]", "'"),  # quotes
+    (r"&quot;?", ""), (r"&amp", ""),
+    (r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", " "),  # ip addresses
+    (r"\d:\d\d\s+$", ""),  # article ids
+    (r"\\n", " "),  # a literal backslash-n
+    (r"#\d{1,3}\b", ""), (r"#\d{5,}\b", ""), (r"\b\d{6,}\b", ""),  # "#123", "#12345..", "123456.."
+    (r"[\S]+\." + FILE_EXT, ""),  # file names
+    (r"[\"']{2,}", '"'), (r"[.]{2,}", " "),
+    (r"[#®•©™&@·º½¾¿¡§~)(\]\[}{|\\/*]+", " "),  # bad punctuation
+    (r"\s+\.\s+", " "),
+)
+SEPARATOR = re.compile(r"[-_]")  # this-is-my-cute-cat: more than 3 separators become spaces
+AFTER_FIX = rules(
+    (r"\b[a-zA-Z]{1,3}\d{3,15}\b", ""), (r"\b[a-zA-Z]+\d+[a-zA-Z]+\b", ""), (r"\b\d+[a-zA-Z]+\d+\b", ""),  # ids
+    (r"(worldwide\s+)?(free\s+)?shipping", ""), (r"(free\s)?download(\sfree)?", ""),
+    (r"\bclick\b\s(?:for|on)\s\w+", ""), (r"\b" + FILE_EXT + r"(\simage[s]?)?", ""), (r"\bpage\s+\d+\b", ""),
+    (r"\b\d*[a-zA-Z]+\d+[a-zA-Z]+\d+[a-zA-Z\d]*\b", " "),  # j2d1a2a...
+    (r"\b\d+\.?\d*[xх×]\d+\.?\d*\b", ""),  # sizes: 1920x1080 (latin x, cyrillic х, ×)
+    (r"\b\s+\:\s+", ": "), (r"(\D[,\./])\b", r"\1 "), (r"\s+", " "),
+    (r"^[\"']([\w\W]+)[\"']$", r"\1"), (r"^['_,\-:;]", ""), (r"['_,\-:+]$", ""), (r"^\.\S+$", ""),
+)
+
+
+class TextOfHTML(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)  # entities decoded, as BeautifulSoup does
+        self.parts = []
+
+    def handle_data(self, data):
+        self.parts.append(data)
+
+
+def html_text(text):
+    """Text content of an HTML fragment: tags dropped, entities decoded ("<b>big</b> &amp; red" -> "big & red")."""
+    parser = TextOfHTML()
+    parser.feed(text)
+    parser.close()
+    return "".join(parser.parts)
+
+
+CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f\u206a-\u206f\ufeff\ufff9-\ufffc]")
+
+
+def fix_unicode(text):
+    """ftfy.fix_text's effect on correctly decoded text: Latin ligatures and full-width forms to plain letters,
+    curly quotes to straight ones, control characters removed, NFC."""
+    text = "".join(unicodedata.normalize("NFKC", c) if "\ufb00" <= c <= "\ufb06" or "\uff01" <= c <= "\uffee"
+                   or c == "\u3000" else c for c in text)
+    text = re.sub("[\u02bc\u2018-\u201b]", "'", text)
+    text = re.sub("[\u201c-\u201f]", '"', text)
+    return unicodedata.normalize("NFC", CONTROL.sub("", text))
+
+
+def clean_once(caption):
+    caption = urllib.parse.unquote_plus(str(caption)).strip().lower()
+    for pattern, repl in BEFORE_HTML:
+        caption = pattern.sub(repl, caption)
+    caption = html_text(caption)
+    for pattern, repl in AFTER_HTML:
+        caption = pattern.sub(repl, caption)
+    if len(SEPARATOR.findall(caption)) > 3:
+        caption = SEPARATOR.sub(" ", caption)
+    caption = html.unescape(html.unescape(fix_unicode(caption))).strip()
+    for pattern, repl in AFTER_FIX:
+        caption = pattern.sub(repl, caption)
+    return caption.strip()
+
+
+def clean_caption(caption):
+    return clean_once(clean_once(caption))
+
+
+# ----------------------------------------------------------------------------- T5
+class T5Encoder:
+    """T5's encoder, frozen. A plain class, not an nn.Module: `y_embedder` (the diffusion model's caption embedder,
+    attached after both are built) must not become a submodule.
+
+    from_pretrained: a hub id or a local folder (v1.0's layout, a folder holding `t5-v1_1-xxl/`, works too).
+    from_pretrained=None: a random T5 encoder from `config` (T5Config keyword arguments, e.g. d_model=32, d_kv=8,
+    d_ff=64, num_layers=2, num_heads=4), built from `seed` without touching the global RNG, over ByT5's tokenizer
+    (UTF-8 bytes + 3 specials; vocab_size defaults to its 384 ids).
+    shardformer: accepted for v1.0's configs and unused. (v1.0 uses it to fuse T5 kernels with ColossalAI for speed,
+    and it also casts T5 to fp16 as a side effect; here `dtype` alone sets the precision.)
+    """
+
+    def __init__(self, from_pretrained="DeepFloyd/t5-v1_1-xxl", model_max_length=120, device=None,
+                 dtype=torch.float32, config=None, seed=0, shardformer=False, cache_dir=None):
+        from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
+
+        if from_pretrained is not None:
+            path = from_pretrained
+            if os.path.isdir(os.path.join(path, "t5-v1_1-xxl")):  # v1.0: from_pretrained="./pretrained_models/t5_ckpts"
+                path = os.path.join(path, "t5-v1_1-xxl")
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(path, cache_dir=cache_dir)
+                self.model = T5EncoderModel.from_pretrained(path, cache_dir=cache_dir, dtype=dtype)
+            except OSError as e:
+                raise OSError(f"could not load the T5 encoder '{from_pretrained}': download it first "
+                              f"(huggingface-cli download {from_pretrained}) or set text_encoder.from_pretrained to "
+                              f"a local folder with its config, weights and spiece.model ({e})") from e
+        elif config is None:
+            raise ValueError("T5Encoder: give from_pretrained (a hub id or folder) or a config dict")
+        else:
+            self.tokenizer = ByT5Tokenizer()
+            # A private RNG: train.py and sample.py must build the same random T5, and building it must not shift
+            # the global RNG that drives the model's own initialisation.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.model = T5EncoderModel(T5Config(**(dict(vocab_size=len(self.tokenizer)) | config)))
+        self.model.to(device, dtype).eval().requires_grad_(False)
+        self.device = self.model.device
+        self.model_max_length = model_max_length
+        self.output_dim = self.model.config.d_model
+        self.y_embedder = None
+
+    @torch.no_grad()
+    def encode(self, texts):
+        """list of B captions -> dict(y=(B, 1, L, C) in the encoder's dtype, mask=(B, L) int64).
+
+        Every caption is padded or truncated to L = model_max_length tokens (EOS kept last); mask marks the real ones.
+        """
+        tokens = self.tokenizer([clean_caption(t) for t in texts], max_length=self.model_max_length,
+                                padding="max_length", truncation=True, return_tensors="pt")
+        ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+        y = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, C)
+        return dict(y=y[:, None], mask=mask)
+
+    def null(self, n):
+        """The "no caption" input for classifier-free guidance: the diffusion model's learned (L, C) null embedding,
+        (n, 1, L, C). v1.0 reads it from the model, so `text_encoder.y_embedder = model.y_embedder` must come first."""
+        if self.y_embedder is None:
+            raise RuntimeError("text encoder: null() needs the diffusion model's caption embedder; "
+                               "set text_encoder.y_embedder = model.y_embedder first")
+        return self.y_embedder.y_embedding[None].repeat(n, 1, 1)[:, None]
+
+
+# ----------------------------------------------------------------------------- config `text_encoder = dict(type=...)`
+# v1.0 also has "clip" (a pooled CLIP embedding, L = 1, used by its Latte/DiT configs, never with STDiT) and "classes"
+# (class labels): neither fits STDiT's (B, 1, L, C) captions, so neither is here.
+TEXT_ENCODERS = {"t5": T5Encoder}
+
+
+def build_text_encoder(cfg, device=None, dtype=None):
+    """cfg: dict with `type` (a key of TEXT_ENCODERS) and the class's keyword arguments; device/dtype override."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind not in TEXT_ENCODERS:
+        raise ValueError(f"unknown text_encoder type {kind!r} (known: {', '.join(TEXT_ENCODERS)})")
+    if device is not None:
+        cfg["device"] = device
+    if dtype is not None:
+        cfg["dtype"] = dtype
+    return TEXT_ENCODERS[kind](**cfg)

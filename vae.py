@@ -1,0 +1,128 @@
+"""The frozen video autoencoders: pixels (B, 3, T, H, W) in [-1, 1] <-> latents (B, C, T, h, w).
+
+Open-Sora v1.0 has no video VAE: it runs Stable Diffusion's image VAE on every frame independently
+(`VideoAutoencoderKL`, 8x spatial down-sampling, 4 latent channels, no temporal compression).
+`IdentityVAE` keeps pixel space; the CPU demo (configs/shapes.py) uses it.
+
+    vae = build_vae(dict(type="VideoAutoencoderKL", from_pretrained="stabilityai/sd-vae-ft-ema"), device, dtype)
+    z = vae.encode(x)   # (B, 3, T, H, W) -> (B, 4, T, H/8, W/8)
+    x = vae.decode(z)   # and back
+"""
+import torch
+import torch.nn as nn
+
+# Stable Diffusion's latent scale: makes the latents roughly unit-variance. v1.0 hard-codes it rather than
+# reading the checkpoint's config, and so do we (the SD VAEs all say 0.18215).
+SCALE = 0.18215
+
+
+def latent_size(input_size, patch_size):
+    """(T, H, W) pixels -> (T, H, W) latents; every dim must divide exactly (v1.0 asserts the same)."""
+    if len(input_size) != 3 or any(n % p for n, p in zip(input_size, patch_size)):
+        raise ValueError(f"input size {tuple(input_size)} (T, H, W) is not divisible by the VAE's down-sampling "
+                         f"factors {tuple(patch_size)}")
+    return [n // p for n, p in zip(input_size, patch_size)]
+
+
+# ----------------------------------------------------------------------------- image VAE, frame by frame
+class VideoAutoencoderKL(nn.Module):
+    """diffusers' AutoencoderKL on each frame. `micro_batch_size` frames go through it at a time (None: all frames
+    of the batch at once) so that a 64-frame 512px clip does not need all its activations in memory together.
+
+    from_pretrained=None builds a random-weight VAE from `config` (AutoencoderKL keyword arguments) for tests,
+    deterministically from `seed`. Its spatial factor is 2 ** (len(block_out_channels) - 1): each encoder block but
+    the last halves H and W. E.g. config=dict(block_out_channels=(32, 32), norm_num_groups=8) down-samples by 2,
+    SD's (128, 256, 512, 512) by 8. down/up_block_types default to plain encoder/decoder blocks, one per entry.
+    """
+
+    def __init__(self, from_pretrained="stabilityai/sd-vae-ft-ema", micro_batch_size=None, config=None,
+                 dtype=torch.float32, device=None, seed=0):
+        super().__init__()
+        from diffusers.models import AutoencoderKL  # here: diffusers is slow to import, IdentityVAE does without
+
+        if from_pretrained is not None:
+            try:
+                self.module = AutoencoderKL.from_pretrained(from_pretrained)
+            except OSError as e:
+                raise OSError(f"could not load the VAE '{from_pretrained}': download it first "
+                              f"(huggingface-cli download {from_pretrained}) or set vae.from_pretrained to a local "
+                              f"diffusers folder ({e})") from e
+        elif config is None:
+            raise ValueError("VideoAutoencoderKL: give from_pretrained (a hub id or folder) or a config dict")
+        else:
+            n = len(config.get("block_out_channels", (64,)))
+            blocks = dict(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n)
+            config = blocks | config
+            # A private RNG: train.py and sample.py must build the same random VAE, and building it must not
+            # shift the global RNG that drives the model's own initialisation.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.module = AutoencoderKL(**config)
+        # Frozen, and cast whole as v1.0 does (`vae.to(device, dtype)`). nn.Module.to, not diffusers' override: that one
+        # warns about modules to keep in float32 even when the list is empty, as it is for AutoencoderKL.
+        nn.Module.to(self.module, device, dtype).eval().requires_grad_(False)
+        self.micro_batch_size = micro_batch_size
+        self.out_channels = self.module.config.latent_channels
+        factor = 2 ** (len(self.module.config.block_out_channels) - 1)
+        self.patch_size = (1, factor, factor)  # v1.0 writes (1, 8, 8): the SD VAE's factor
+
+    def get_latent_size(self, input_size):
+        return latent_size(input_size, self.patch_size)
+
+    def frames(self, fn, x):
+        """Apply fn to every frame of x (B, C, T, H, W), micro_batch_size frames at a time."""
+        B, C, T, H, W = x.shape
+        x = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)  # frames in (B, T) order, as v1.0's "(B T) C H W"
+        bs = self.micro_batch_size or len(x)
+        x = torch.cat([fn(x[i:i + bs]) for i in range(0, len(x), bs)])  # (B*T, C', h, w)
+        return x.reshape(B, T, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C', T, h, w)
+
+    @torch.no_grad()
+    def encode(self, x, sample=True):
+        """(B, 3, T, H, W) in [-1, 1] -> (B, C, T, H/f, W/f). v1.0 draws a sample of the posterior (global RNG);
+        sample=False returns its mean, deterministic (tests, latent caches)."""
+        def enc(frames):
+            dist = self.module.encode(frames).latent_dist
+            return (dist.sample() if sample else dist.mean) * SCALE
+        return self.frames(enc, x)
+
+    @torch.no_grad()
+    def decode(self, z):
+        """(B, C, T, h, w) -> (B, 3, T, h*f, w*f), roughly in [-1, 1] (not clamped)."""
+        return self.frames(lambda frames: self.module.decode(frames / SCALE).sample, z)
+
+
+# ----------------------------------------------------------------------------- pixel space
+class IdentityVAE(nn.Module):
+    """No autoencoder: the diffusion model works on pixels (3 channels, no down-sampling). Exact round trip."""
+    out_channels = 3
+    patch_size = (1, 1, 1)
+
+    def __init__(self, dtype=None, device=None):  # accepted so that build_vae can pass them to every VAE
+        super().__init__()
+
+    def get_latent_size(self, input_size):
+        return latent_size(input_size, self.patch_size)
+
+    def encode(self, x, sample=True):
+        return x
+
+    def decode(self, z):
+        return z
+
+
+# ----------------------------------------------------------------------------- config `vae = dict(type=...)`
+VAES = {"VideoAutoencoderKL": VideoAutoencoderKL, "identity": IdentityVAE}
+
+
+def build_vae(cfg, device=None, dtype=None):
+    """cfg: dict with `type` (a key of VAES) and that class's keyword arguments; device/dtype override cfg's."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", None)
+    if kind not in VAES:
+        raise ValueError(f"unknown vae type {kind!r} (known: {', '.join(VAES)})")
+    if device is not None:
+        cfg["device"] = device
+    if dtype is not None:
+        cfg["dtype"] = dtype
+    return VAES[kind](**cfg)
