@@ -220,6 +220,9 @@ class STDiT(nn.Module):
         self.space_scale, self.time_scale, self.dtype = space_scale, time_scale, dtype
         self.enable_sequence_parallelism = enable_sequence_parallelism
         self.grad_checkpointing = False
+        # sequence parallelism: parallel.enable_sequence_parallel replaces these with a split of the frames over the
+        # SP ranks (after the embedding) and the gather back (before the final layer)
+        self.split_frames = self.gather_frames = lambda x: x
         grid = [n // p for n, p in zip(self.input_size, self.patch_size)]
         self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, grid[1], grid[2], space_scale))
         self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, grid[0], time_scale))
@@ -274,6 +277,10 @@ class STDiT(nn.Module):
         t = self.t_embedder.mlp(timestep_embedding(timestep).to(x.dtype))  # (B, C)
         t0 = self.t_block(t)  # (B, 6C), shared by all blocks
         y = self.y_embedder(y).squeeze(1)  # (B, L, C)
+        # sequence parallel: this rank's T/sp frames of every sample (and their temporal table, for block 0). Spatial
+        # attention is frame-local and needs no communication, temporal attention goes through parallel.ulysses,
+        # cross-attention sees the whole caption from any token
+        x, tpe = self.split_frames(x), self.split_frames(tpe)  # (B, T/sp, S, C), (1, T/sp, C)
 
         # blocks
         for i, block in enumerate(self.blocks):
@@ -284,6 +291,7 @@ class STDiT(nn.Module):
                 x = block(*args)
 
         # final layer
+        x = self.gather_frames(x)  # (B, T, S, C)
         x = self.final_layer(x.flatten(1, 2), t)  # (B, N, prod(patch) * C_out)
         return self.unpatchify(x, grid).float()
 

@@ -16,7 +16,7 @@ import data
 import parallel
 from config import load_config
 from diffusion import build_scheduler
-from model import build_model
+from model import build_model, latest_checkpoint, save_checkpoint
 from text import build_text_encoder
 from vae import build_vae
 
@@ -32,8 +32,8 @@ run_dir = os.path.join(cfg["outputs"], os.path.splitext(os.path.basename(sys.arg
 ctx = parallel.setup(cfg["sp_size"])
 device = ctx.device
 dtype = DTYPES[cfg["dtype"]] if device.type == "cuda" else torch.float32  # CPU trains in fp32
-torch.manual_seed(cfg["seed"] + ctx.dp_rank)  # SP ranks of one group must draw the same t, noise and dropout
 log = print if ctx.is_main else (lambda *a, **k: None)
+os.makedirs(run_dir, exist_ok=True)
 
 # ----------------------------------------------------------------------------- data
 if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
@@ -61,6 +61,7 @@ input_size = (cfg["num_frames"], *cfg["image_size"])
 latent_size = vae.get_latent_size(input_size)
 
 # ----------------------------------------------------------------------------- model
+torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
 model = build_model(
     cfg["model"], input_size=latent_size, in_channels=vae.out_channels,
     caption_channels=data.caption_channels(cfg, text_encoder), model_max_length=cfg["text_encoder"]["model_max_length"],
@@ -73,18 +74,19 @@ ema = build_model(cfg["model"] | dict(from_pretrained=None), input_size=latent_s
 ema.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
 ema.requires_grad_(False)
 scheduler = build_scheduler(cfg["scheduler"])
+torch.manual_seed(cfg["seed"] + ctx.dp_rank)  # then per data-parallel rank: SP peers draw the same t, noise, dropout
 log(f"STDiT: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, latent {tuple(latent_size)}, "
     f"{ctx.world_size} ranks (dp {ctx.dp_size} x sp {ctx.sp_size}), {dtype}")
 
 # ----------------------------------------------------------------------------- optimizer
 params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-opt = parallel.ZeroAdamW(params, group=ctx.dp_group, ctx=ctx, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master + AdamW moments, 1/{ctx.dp_size} each)")
+opt = parallel.ZeroAdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])  # sharded over all ranks
+log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master + AdamW moments, 1/{ctx.world_size} each)")
 
 # ----------------------------------------------------------------------------- resume
 step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
 if cfg["load"]:
-    ckpt = torch.load(data.latest_checkpoint(cfg["load"]), map_location="cpu", weights_only=True)
+    ckpt = torch.load(latest_checkpoint(cfg["load"]), map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt["model"])
     ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["optimizer"])
@@ -92,11 +94,11 @@ if cfg["load"]:
     torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
     if device.type == "cuda" and "cuda_rng" in ckpt:
         torch.cuda.set_rng_state(ckpt["cuda_rng"][ctx.dp_rank % len(ckpt["cuda_rng"])])
-    run_dir = os.path.dirname(data.latest_checkpoint(cfg["load"]))
+    run_dir = os.path.dirname(latest_checkpoint(cfg["load"]))
     log(f"resumed from {cfg['load']} at step {step} (epoch {epoch}, sample {start})")
 
 
-def save_checkpoint():
+def checkpoint():
     """Every rank takes part (the optimizer state is gathered); rank 0 writes, atomically."""
     rng = parallel.all_gather_object(torch.get_rng_state(), ctx.dp_group)
     state = dict(model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
@@ -104,8 +106,7 @@ def save_checkpoint():
     if device.type == "cuda":
         state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
     if ctx.is_main:
-        path = data.save_checkpoint(state, run_dir, step)
-        log(f"saved {path}")
+        log(f"saved {save_checkpoint(state, os.path.join(run_dir, f'step{step:07d}.pt'))}")
     parallel.barrier()
 
 
@@ -146,14 +147,17 @@ while step < max_steps:
                 for e, p in zip(ema.parameters(), model.parameters()):
                     e.lerp_(p.float(), 1 - cfg["ema_decay"])
         if step % cfg["log_every"] == 0 or step == max_steps:
-            loss_avg = parallel.all_reduce_mean(loss.detach(), ctx)
+            loss_avg = parallel.all_reduce_mean(loss.detach())
+            if ctx.is_main:  # a plain loss curve next to the checkpoints; appended to on resume
+                with open(os.path.join(run_dir, "loss.txt"), "a") as f:
+                    f.write(f"{step} {loss_avg!r}\n")
             rate = (step - n_last) * cfg["batch_size"] * ctx.dp_size / (time.time() - t_last)
             t_last, n_last = time.time(), step
             bar.set_postfix(loss=f"{loss_avg:.4f}", epoch=epoch, gnorm=f"{grad_norm:.2f}",
                             skipped=data.skipped_count(dataset) + bad_steps, samples_s=f"{rate:.1f}")
         bar.update(1)
         if step % cfg["ckpt_every"] == 0 or step == max_steps:
-            save_checkpoint()
+            checkpoint()
         if step >= max_steps:
             break
     else:  # epoch finished

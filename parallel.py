@@ -1,0 +1,375 @@
+"""Distributed training on raw torch.distributed: process groups, a sharded sampler, ZeRO-2 AdamW, Ulysses sequence
+parallelism. No DDP/FSDP/DeepSpeed/ColossalAI: every collective is written out below.
+
+    ctx = parallel.setup(sp_size)                              # torchrun's env; plain `python` = one process
+    sampler = parallel.ShardedSampler(len(dataset), ctx.dp_rank, ctx.dp_size, seed=42)
+    parallel.enable_sequence_parallel(model, ctx.sp_group)     # only when sp_size > 1
+    opt = parallel.ZeroAdamW(model.named_parameters(), lr=2e-5)
+    loss.backward(); grad_norm = opt.step(grad_clip=1.0)
+
+Layout: world = dp_size x sp_size. Consecutive ranks form a sequence-parallel (SP) group: they read the same samples
+and each holds T/sp frames of them. Rank r has sp_rank = r % sp_size and dp_rank = r // sp_size (which samples).
+Single process (no RANK in the environment): no process group is made, ctx's groups are None and every collective
+below is skipped, so train.py runs the same code on a laptop.
+"""
+import math
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# torch 2.13 renamed these two (the old names warn); requirements allow torch >= 2.1, which only has the old ones
+reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+# ----------------------------------------------------------------------------- process groups
+def setup(sp_size=1):
+    """torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT -> process groups; NCCL on GPU, gloo on CPU."""
+    cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:  # a plain `python train.py`: one process, no process group, collectives skipped
+        if sp_size != 1:
+            raise ValueError(f"sp_size={sp_size} needs several processes: launch with torchrun --nproc_per_node N, "
+                             f"N a multiple of {sp_size}")
+        return SimpleNamespace(rank=0, world_size=1, local_rank=0, device=torch.device("cuda" if cuda else "cpu"),
+                               is_main=True, dp_group=None, dp_rank=0, dp_size=1, sp_group=None, sp_rank=0, sp_size=1)
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if sp_size < 1 or world % sp_size:
+        raise ValueError(f"world size {world} (torchrun processes) is not divisible by sp_size {sp_size}")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+    dp_size = world // sp_size
+    sp_group = dp_group = None
+    for i in range(dp_size):  # every rank must create every group, in the same order
+        ranks = list(range(i * sp_size, (i + 1) * sp_size))
+        group = dist.new_group(ranks)
+        sp_group = group if rank in ranks else sp_group
+    for j in range(sp_size):
+        ranks = list(range(j, world, sp_size))
+        group = dist.new_group(ranks)
+        dp_group = group if rank in ranks else dp_group
+    return SimpleNamespace(rank=rank, world_size=world, local_rank=local_rank, device=device, is_main=rank == 0,
+                           dp_group=dp_group, dp_rank=rank // sp_size, dp_size=dp_size,
+                           sp_group=sp_group, sp_rank=rank % sp_size, sp_size=sp_size)
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(x, group=None):
+    """A tensor's mean over the group's ranks (default: all), as a Python float."""
+    x = x.detach().float().clone()
+    if dist.is_initialized():
+        dist.all_reduce(x, group=group)
+        x /= dist.get_world_size(group)
+    return x.item()
+
+
+def all_gather_object(obj, group=None):
+    """[obj of rank 0, obj of rank 1, ...] over the group (default: all); [obj] in a single process."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+# ----------------------------------------------------------------------------- sampler
+class ShardedSampler(torch.utils.data.Sampler):
+    """This data-parallel rank's share of a per-epoch permutation. All ranks of an SP group have the same dp_rank, so
+    they get the same samples; different dp ranks get disjoint ones. The tail that does not divide by dp_size is
+    dropped, so every rank runs the same number of steps. set_epoch(epoch, start=k) skips this rank's first k samples
+    of the epoch: a resumed run continues with exactly the samples it would have seen."""
+
+    def __init__(self, num_samples, dp_rank, dp_size, seed=0, shuffle=True):
+        self.num_samples, self.dp_rank, self.dp_size = num_samples, dp_rank, dp_size
+        self.seed, self.shuffle = seed, shuffle
+        self.per_rank = num_samples // dp_size
+        self.epoch = self.start = 0
+
+    def set_epoch(self, epoch, start=0):
+        if not 0 <= start <= self.per_rank:
+            raise ValueError(f"ShardedSampler: start {start} outside this rank's {self.per_rank} samples per epoch")
+        self.epoch, self.start = epoch, start
+
+    def indices(self):
+        order = (np.random.default_rng((self.seed, self.epoch)).permutation(self.num_samples) if self.shuffle
+                 else np.arange(self.num_samples))
+        return order[:self.per_rank * self.dp_size][self.dp_rank::self.dp_size][self.start:].tolist()
+
+    def __iter__(self):
+        return iter(self.indices())
+
+    def __len__(self):
+        return self.per_rank - self.start
+
+
+# ----------------------------------------------------------------------------- ZeRO-2 AdamW
+class ZeroAdamW:
+    """AdamW whose fp32 master weights and moments are sharded over ALL ranks (DP x SP): each holds 1/world of them.
+
+    SP ranks hold the same weights as their DP peers and, thanks to split/gather_sequence's gradient scaling (below),
+    their gradients average exactly like data-parallel ones; so the whole world is one ZeRO group and one averaging
+    group: reduce-scatter (sum / world) gives each rank its shard of the true mean gradient, all-gather returns the
+    updated weights. With one process this is plain AdamW on fp32 master weights (train.py has one code path).
+
+    Parameters are packed, in order, into buckets of ~bucket_numel elements, each zero-padded to a multiple of the
+    world size; a rank owns the same 1/world slice of every bucket. The gradients are reduced bucket by bucket AFTER
+    backward (no overlap: hooks firing in autograd order would have to launch collectives in the same order on every
+    rank; not worth it here). Each bucket's full gradients are freed once reduced, so only 1/world of the gradient
+    survives into the update; the peak at the end of backward still holds them all. Reduction and all-gather run in
+    fp32 even for bf16 models (exact averages; twice the bytes of bf16).
+    """
+
+    def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, bucket_numel=2**24):
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.params = [(name, p) for name, p in named_params if p.requires_grad]
+        if not self.params:
+            raise ValueError("ZeroAdamW: no trainable parameters")
+        self.buckets, bucket = [], []  # lists of (name, param)
+        for name, p in self.params:
+            bucket.append((name, p))
+            if sum(q.numel() for _, q in bucket) >= bucket_numel:
+                self.buckets.append(bucket)
+                bucket = []
+        self.buckets += [bucket] if bucket else []
+        self.sizes = [-(-sum(p.numel() for _, p in b) // self.world) * self.world for b in self.buckets]  # padded
+        full = [self.flatten(b, [p.detach() for _, p in b], size) for b, size in zip(self.buckets, self.sizes)]
+        check_same_everywhere(full)
+        self.master = torch.cat([f.chunk(self.world)[self.rank] for f in full]).clone()  # (sum(sizes) / world,) fp32
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.master), torch.zeros_like(self.master)
+        self.step_count = 0
+
+    @staticmethod
+    def flatten(bucket, tensors, size):
+        """Tensors of a bucket's params -> one fp32 vector of the padded size."""
+        flat = torch.zeros(size, dtype=torch.float32, device=bucket[0][1].device)
+        torch.cat([t.reshape(-1).float() for t in tensors], out=flat[:sum(t.numel() for t in tensors)])
+        return flat
+
+    def shards(self, flat):
+        """This rank's vector (master, a moment, the gradient) -> its slice of each bucket."""
+        return flat.split([size // self.world for size in self.sizes])
+
+    def gather(self, flat):
+        """This rank's vector -> (name, param, full fp32 value) of every parameter, one bucket's all-gather at a time
+        (a generator: only one bucket is ever held in full)."""
+        for bucket, size, shard in zip(self.buckets, self.sizes, self.shards(flat)):
+            full = shard
+            if self.world > 1:
+                full = torch.empty(size, dtype=torch.float32, device=shard.device)
+                all_gather_flat(full, shard.contiguous())
+            sizes = [p.numel() for _, p in bucket]
+            for (name, p), value in zip(bucket, full[:sum(sizes)].split(sizes)):
+                yield name, p, value.view(p.shape)
+
+    def zero_grad(self):
+        for _, p in self.params:
+            p.grad = None
+
+    def step(self, grad_clip=None):
+        """Average, clip, update, broadcast. Returns the global gradient norm before clipping (a float); if it is not
+        finite, every rank skips the update (the norm is the same number everywhere)."""
+        grads = []
+        for bucket, size in zip(self.buckets, self.sizes):  # (size,) -> this rank's (size / world,) slice of the sum
+            full = self.flatten(bucket, [torch.zeros_like(p) if p.grad is None else p.grad for _, p in bucket], size)
+            for _, p in bucket:
+                p.grad = None  # ZeRO-2: the full gradient is not kept
+            shard = full
+            if self.world > 1:
+                shard = torch.empty(size // self.world, dtype=torch.float32, device=full.device)
+                reduce_scatter(shard, full)
+            grads.append(shard)
+        grad = torch.cat(grads).div_(self.world)  # mean over DP ranks; over SP ranks see split_sequence
+        norm_sq = grad.square().sum()
+        if self.world > 1:
+            dist.all_reduce(norm_sq)
+        norm = norm_sq.sqrt().item()
+        if not math.isfinite(norm):
+            return norm
+        if grad_clip:  # as torch.nn.utils.clip_grad_norm_
+            grad.mul_(min(1.0, grad_clip / (norm + 1e-6)))
+        # AdamW, written out as torch.optim.AdamW computes it: decoupled weight decay, bias-corrected moments
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        self.master.mul_(1 - self.lr * self.weight_decay)
+        self.exp_avg.lerp_(grad, 1 - beta1)
+        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - beta2**self.step_count)).add_(self.eps)
+        self.master.addcdiv_(self.exp_avg, denom, value=-self.lr / (1 - beta1**self.step_count))
+        self.copy_master_to_params()
+        return norm
+
+    @torch.no_grad()
+    def copy_master_to_params(self):
+        for _, p, value in self.gather(self.master):
+            p.copy_(value)  # cast to the model's dtype
+
+    def memory_bytes(self):
+        """This rank's optimizer state: fp32 master weights and two moments, 1/world of the (padded) parameters."""
+        return 3 * self.master.numel() * self.master.element_size()
+
+    def state_dict(self):
+        """The FULL state on every rank (all-gathered; call it on all ranks), keyed by parameter name, on the CPU: a
+        checkpoint saved with N ranks loads with any other number."""
+        sd = dict(step=self.step_count)
+        for key in ("master", "exp_avg", "exp_avg_sq"):
+            sd[key] = {name: value.to("cpu", copy=True) for name, _, value in self.gather(getattr(self, key))}
+        return sd
+
+    def load_state_dict(self, sd):
+        """Take this rank's shard of a full state_dict() and write the master weights into the model."""
+        for key in ("master", "exp_avg", "exp_avg_sq"):
+            names = {n for n, _ in self.params}
+            missing, unexpected = sorted(names - set(sd[key])), sorted(set(sd[key]) - names)
+            bad = [f"{n} {tuple(sd[key][n].shape)} vs {tuple(p.shape)}" for n, p in self.params
+                   if n in sd[key] and sd[key][n].shape != p.shape]
+            if missing or unexpected or bad:
+                raise ValueError(f"ZeroAdamW.load_state_dict: '{key}' does not fit these parameters: missing "
+                                 f"{missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {bad[:5]}")
+            full = [self.flatten(b, [sd[key][n].to(p.device) for n, p in b], size)
+                    for b, size in zip(self.buckets, self.sizes)]
+            getattr(self, key).copy_(torch.cat([f.chunk(self.world)[self.rank] for f in full]))
+        self.step_count = int(sd["step"])
+        self.copy_master_to_params()
+
+
+def check_same_everywhere(tensors):
+    """Ranks that start from different weights would silently train different models: fail at start-up instead."""
+    if not dist.is_initialized():
+        return
+    s = torch.stack([sum(t.double().sum() for t in tensors), sum(t.double().square().sum() for t in tensors)])
+    hi, lo = s.clone(), -s
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+    if not torch.equal(hi, -lo):
+        raise RuntimeError("ZeroAdamW: the model's parameters differ between ranks; seed the model's initialisation "
+                           "identically on every rank (or load the same weights) before making the optimizer")
+
+
+# ----------------------------------------------------------------------------- sequence parallelism (Ulysses)
+def _split(x, dim, group):
+    n = dist.get_world_size(group)
+    if x.shape[dim] % n:
+        raise ValueError(f"sequence parallel: size {x.shape[dim]} of dim {dim} of a {tuple(x.shape)} tensor is not "
+                         f"divisible by sp_size {n}")
+    return x.chunk(n, dim)[dist.get_rank(group)].contiguous()
+
+
+def _gather(x, dim, group):
+    pieces = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(pieces, x.contiguous(), group=group)
+    return torch.cat(pieces, dim)
+
+
+def _all_to_all(x, group, scatter_dim, gather_dim):
+    n = dist.get_world_size(group)
+    if x.shape[scatter_dim] % n:
+        raise ValueError(f"all_to_all: size {x.shape[scatter_dim]} of dim {scatter_dim} not divisible by {n} ranks")
+    send = torch.stack(x.chunk(n, scatter_dim)).contiguous()  # (n, ...): piece i goes to rank i of the group
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    return torch.cat(recv.unbind(0), gather_dim)  # piece i came from rank i
+
+
+# Gradient scaling. Between split_sequence and gather_sequence each SP rank computes its own part of the sequence;
+# before and after, every rank computes the same thing on the whole sequence. Summed over the SP ranks, a parameter
+# used in the duplicated parts gets sp_size x its gradient, one used in the split part only 1x. So gather's backward
+# multiplies by sp_size (then every path sums to sp_size x) and split's backward divides by it (the duplicated part
+# below the split sees the true gradient on every rank, again sp_size x in the sum). Averaging over the SP ranks, as
+# ZeroAdamW's world-mean does, then gives exactly the gradient of the unsplit model (test_parallel proves it).
+class _Split(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim, group):
+        ctx.dim, ctx.group = dim, group
+        return _split(x, dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _gather(grad, ctx.dim, ctx.group) / dist.get_world_size(ctx.group), None, None
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim, group):
+        ctx.dim, ctx.group = dim, group
+        return _gather(x, dim, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _split(grad, ctx.dim, ctx.group) * dist.get_world_size(ctx.group), None, None
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, scatter_dim, gather_dim):
+        ctx.args = group, gather_dim, scatter_dim
+        return _all_to_all(x, group, scatter_dim, gather_dim)
+
+    @staticmethod
+    def backward(ctx, grad):  # the adjoint of an all-to-all is the all-to-all the other way round
+        return _all_to_all(grad, *ctx.args), None, None, None
+
+
+def split_sequence(x, dim, group):
+    """This rank's 1/sp of x along dim (forward); backward all-gathers the gradient (scaled, see above)."""
+    return _Split.apply(x, dim, group)
+
+
+def gather_sequence(x, dim, group):
+    """All ranks' pieces concatenated along dim (forward); backward keeps this rank's slice (scaled, see above)."""
+    return _Gather.apply(x, dim, group)
+
+
+def all_to_all(x, group, scatter_dim, gather_dim):
+    """Cut x into sp pieces along scatter_dim, send piece i to rank i, concatenate the received along gather_dim."""
+    return _AllToAll.apply(x, group, scatter_dim, gather_dim)
+
+
+def ulysses(attn_fn, group):
+    """attn_fn on the full sequence for sequence-sharded inputs: q, k, v (B, N/sp, H, D) -> (B, N/sp, H, D).
+    An all-to-all trades the sequence split for a head split, (B, N, H/sp, D); heads are independent, so attn_fn runs
+    unchanged on its H/sp heads; a second all-to-all trades back."""
+    n = dist.get_world_size(group)
+
+    def attend(q, k, v):
+        if q.shape[2] % n:
+            raise ValueError(f"Ulysses: {q.shape[2]} attention heads are not divisible by sp_size {n}")
+        # one all-to-all instead of three: (3, B, N/sp, H, D) -> (3, B, N, H/sp, D)
+        q, k, v = all_to_all(torch.stack([q, k, v]), group, 3, 2).unbind(0)
+        return all_to_all(attn_fn(q, k, v), group, 1, 2)  # (B, N/sp, H, D)
+
+    return attend
+
+
+def enable_sequence_parallel(model, group):
+    """Split an STDiT's frames over the group's ranks: each holds T/sp frames of every sample after the embedding.
+    Spatial attention is within a frame (no communication), cross-attention sees the whole caption anyway, the temporal
+    attentions go through Ulysses; the frames are gathered again before the final layer."""
+    n = dist.get_world_size(group)
+    heads = model.blocks[0].attn_temp.num_heads
+    if heads % n:
+        raise ValueError(f"sequence parallel: num_heads {heads} is not divisible by sp_size {n}")
+
+    def split_frames(x):  # (B, T, ...) -> (B, T/sp, ...)
+        if x.shape[1] % n:
+            raise ValueError(f"sequence parallel: {x.shape[1]} latent frames (T) are not divisible by sp_size {n}")
+        return split_sequence(x, 1, group)
+
+    model.split_frames = split_frames
+    model.gather_frames = lambda x: gather_sequence(x, 1, group)
+    for block in model.blocks:
+        block.attn_temp.attend = ulysses(block.attn_temp.attend, group)
+    return model
