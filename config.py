@@ -49,7 +49,8 @@ def load_config(path, overrides=()):
         for i, p in enumerate(parents):
             if not isinstance(node.get(p), dict):
                 raise KeyError(f"override --{key}: '{'.'.join(parents[:i + 1])}' is not a dict in {path}")
-            node = node[p] = dict(node[p])  # copy: never mutate the file's dicts
+            node[p] = dict(node[p])  # a copy: never mutate the file's dicts
+            node = node[p]
         if not parents and leaf not in cfg:
             raise KeyError(f"override --{key}: unknown config key '{leaf}'")
         node[leaf] = parse_value(value)

@@ -30,14 +30,21 @@ def use_flash(q):
     return flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
+SHORT_KEYS = 32  # up to this many keys and no mask: attention written out (bench.py --check compares; 0 = never)
+
+
 def attention(q, k, v, mask=None):
     """softmax(q k^T / sqrt(D)) v per sample and head: q (B, N, H, D), k and v (B, M, H, D) -> (B, N, H, D).
 
     Every attention of the model goes through here: flash-attn when importable and the tensors are CUDA fp16/bf16,
-    else torch SDPA. mask (B, M) bool: the keys each sample may attend to. v1.0 packs each sample's kept caption tokens
+    else torch SDPA; a short unmasked key sequence (the temporal attention over T frames) is written out instead:
+    flash/cuDNN kernels tile 64-128 keys and spend most of their time on padding there (bench_notes.md). mask (B, M) bool: the keys each sample may attend to. v1.0 packs each sample's kept caption tokens
     (mask != 0, any positions) under a block-diagonal mask; a key-padding mask gives the same softmax, key order does
     not matter (stdit_pipeline_ref.pt out_nonprefix). A sample with no kept key gets zeros (v1.0's empty block), no NaN.
     """
+    if mask is None and k.shape[1] <= SHORT_KEYS:  # scores in fp32 like v1.0's softmax; no transposes needed
+        scores = torch.einsum("bnhd,bmhd->bhnm", q, k).float() * q.shape[-1] ** -0.5  # (B, H, N, M)
+        return torch.einsum("bhnm,bmhd->bnhd", scores.softmax(-1).to(v.dtype), v)
     if use_flash(q):
         if mask is None:
             return flash_attn_func(q, k, v)
@@ -201,7 +208,8 @@ class STDiT(nn.Module):
     weights); the output is float32. freeze: "not_temporal" trains only the temporal attentions, "text" freezes the
     cross-attentions. Accepted, no effect: no_temporal_pos_emb (v1.0 ignores it too), enable_flashattn (`attention`
     takes flash-attn when importable), enable_layernorm_kernel (torch's LayerNorm), enable_sequence_parallelism
-    (parallel.py does that work). `model.grad_checkpointing = True` recomputes each block in the backward pass.
+    (parallel.py does that work). `model.grad_checkpointing = True` recomputes each block in the backward pass, an int n only the first n
+    (selective: as many as memory needs, bench.py finds the fewest).
     """
 
     def __init__(self, input_size=(1, 32, 32), in_channels=4, patch_size=(1, 2, 2), hidden_size=1152, depth=28,
@@ -283,9 +291,10 @@ class STDiT(nn.Module):
         x, tpe = self.split_frames(x), self.split_frames(tpe)  # (B, T/sp, S, C), (1, T/sp, C)
 
         # blocks
+        ckpt = len(self.blocks) if self.grad_checkpointing is True else int(self.grad_checkpointing)
         for i, block in enumerate(self.blocks):
             args = (x, y, t0, mask, tpe if i == 0 else None)
-            if self.grad_checkpointing and torch.is_grad_enabled():
+            if i < ckpt and torch.is_grad_enabled():
                 x = checkpoint(block, *args, use_reentrant=False)
             else:
                 x = block(*args)

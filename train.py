@@ -126,6 +126,7 @@ bar = tqdm(total=max_steps, initial=step, disable=not ctx.is_main, dynamic_ncols
 t_last, n_last = time.time(), step
 while step < max_steps:
     sampler.set_epoch(epoch, start=start)
+    dataset.set_epoch(epoch)  # temporal windows and flips are drawn from (seed, epoch, index)
     for batch in loader:
         x, model_kwargs = encode(batch)
         t = torch.randint(0, scheduler.num_timesteps, (x.shape[0],), device=device)

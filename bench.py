@@ -1,0 +1,367 @@
+"""Speed of the real architectures on one GPU, random weights: training steps and end-to-end sampling, in one table.
+
+    python bench.py                      # the table (STDiT-XL/2, SD VAE, T5-XXL encoder; bf16)
+    python bench.py --check              # every fast path beside the plain path: errors against an fp32 reference
+    python bench.py --rows=c256 --plain  # some rows, plain path (eager, no fusion)
+    python bench.py --set=t512.batch=4   # change a row's setting
+    python bench.py --tiny               # tiny random models on the CPU: a smoke test of this file
+
+Rows (train.py's step: encode, IDDPM training_losses, backward, ZeroAdamW step, EMA; data loading not included):
+t256 / c256 train 16x256 with VAE + T5 encoding in the step / from cached latents and caption embeddings; t512 train
+16x512 online; t64 train 64x512 online with gradient checkpointing; s256 / s512 sample one video (T5, 20 DPM-Solver
+steps with guidance, VAE decode; model build excluded), i256 / i512 the same with 100 IDDPM steps.
+Columns: samples/s (videos/s for sampling), latent tokens/s through the model, the model's TFLOP/s counted
+analytically (flops() below: matmuls + attention, training x3; checkpoint recomputation NOT counted; VAE and T5 not
+counted), MFU against the bf16 matmul rate measured here (8192^3), peak allocated memory.
+"""
+import argparse
+import ast
+import contextlib
+import gc
+import math
+import statistics
+import time
+
+import torch
+
+import diffusion
+import model as stdit
+import parallel
+import text
+import vae as vaes
+
+# ----------------------------------------------------------------------------- the real architectures, random weights
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
+              act_fn="silu", sample_size=256)  # stabilityai/sd-vae-ft-ema's config.json
+T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
+              vocab_size=32128, relative_attention_num_buckets=32, layer_norm_epsilon=1e-6)  # t5-v1_1-xxl's
+TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
+TINY_T5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu")
+CAPTION = ("a drone shot of waves breaking on a rocky coast at sunset, seagulls flying over the water, the camera "
+           "slowly moving along the cliffs")  # ByT5-style byte tokens: padded/truncated to L = 120 like T5's
+
+ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits of a list), online encoding
+    "t256": dict(kind="train", frames=16, size=256, batch=8, ckpt=[0, 8, 14, 20, 28], online=True, steps=8),
+    "c256": dict(kind="train", frames=16, size=256, batch=8, ckpt=[0, 8, 14, 20, 28], online=False, steps=8),
+    "t512": dict(kind="train", frames=16, size=512, batch=2, ckpt=[0, 8, 14, 20, 28], online=True, steps=6),
+    "t64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[16, 20, 24, 28], online=True, steps=4),
+    "s256": dict(kind="sample", frames=16, size=256, sampler="dpm-solver", steps=20, repeat=3),
+    "s512": dict(kind="sample", frames=16, size=512, sampler="dpm-solver", steps=20, repeat=2),
+    "i256": dict(kind="sample", frames=16, size=256, sampler="iddpm", steps=100, repeat=1),
+    "i512": dict(kind="sample", frames=16, size=512, sampler="iddpm", steps=100, repeat=1),
+}
+NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "t512": "train 16x512 online",
+         "t64": "train 64x512 online ckpt", "s256": "sample 16x256 dpm20+cfg", "s512": "sample 16x512 dpm20+cfg",
+         "i256": "sample 16x256 iddpm100", "i512": "sample 16x512 iddpm100"}
+
+
+# ----------------------------------------------------------------------------- FLOP count
+def flops(m, latent, L, train):
+    """Model FLOPs for one sample, latent (T, H, W): 2 per multiply-add of every Linear/conv on its tokens, 4*n*m*C
+    per attention (q k^T and a v over all heads), caption keys counted at L. train: x3 (backward = 2x forward).
+    Checkpointing recomputes the forward (x4 in all) but that is not counted: MFU counts useful work only."""
+    C, depth = m.hidden_size, len(m.blocks)
+    T, H, W = (n // p for n, p in zip(latent, m.patch_size))
+    S, N, P = H * W, T * H * W, math.prod(m.patch_size)
+    hidden = m.blocks[0].mlp.fc1.out_features
+    linear = (N * 2 * P * m.in_channels * C  # patch embedding
+              + 2 * (256 * C + C * C + 6 * C * C)  # timestep MLP + t_block
+              + L * 2 * (m.caption_channels * C + C * C)  # caption MLP
+              + N * 2 * C * P * m.out_channels)  # final layer
+    block = (N * 2 * 4 * C * C  # spatial qkv + proj
+             + N * 2 * 4 * C * C  # temporal qkv + proj
+             + N * 2 * 2 * C * C + L * 2 * 2 * C * C  # cross q + proj, kv on the caption
+             + N * 2 * 2 * C * hidden  # MLP
+             + T * 4 * S * S * C + S * 4 * T * T * C + 4 * N * L * C)  # attentions: spatial, temporal, cross
+    return (linear + depth * block) * (3 if train else 1)
+
+
+def matmul_ceiling(device, n=8192, reps=20):
+    """bf16 n^3 matmul rate in TFLOP/s (random data, median of reps)."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+# ----------------------------------------------------------------------------- building
+def on(device):
+    """Build modules directly on the GPU: random init of 4.7B T5 parameters on the CPU takes minutes."""
+    return torch.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def build_encoders(args, device, dtype):
+    with on(device):
+        vae = vaes.VideoAutoencoderKL(from_pretrained=None, config=TINY_VAE if args.tiny else SD_VAE, dtype=dtype,
+                                      device=device, micro_batch_size=args.vae_micro_batch)
+        t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
+                            device=device, dtype=dtype)
+    return vae, t5
+
+
+def build(args, latent, device, dtype, train, fast):
+    cfg = dict(type="STDiT-XL/2", space_scale=0.5 if latent[1] <= 32 else 1.0)
+    if args.tiny:
+        cfg.update(depth=2, hidden_size=64, num_heads=4)
+    with on(device):
+        m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=args.caption_channels,
+                              model_max_length=120, dtype=dtype)
+    m = m.to(device, dtype).train(train)
+    if fast:
+        speedup(m, args)
+    return m
+
+
+def set_path(fast):
+    """Plain path: SDPA for every attention, eager. Fast: short temporal attention written out (model.SHORT_KEYS),
+    cuDNN autotuning for the VAE's convolutions, each block compiled (speedup)."""
+    stdit.SHORT_KEYS = 32 if fast else 0
+    torch.backends.cudnn.benchmark = fast
+
+
+def speedup(m, args):
+    """The fast path's compilation: each block (all 28 share one graph; block 0 gets a second, with the temporal
+    table) and the final layer."""
+    if args.compile:
+        for block in m.blocks:
+            block.compile()
+        m.final_layer.compile()
+
+
+# ----------------------------------------------------------------------------- rows
+def encode(vae, t5, batch, dtype):
+    """train.py's encode(): a video batch + captions -> x0 latents and the model's caption kwargs."""
+    if "latent" in batch:
+        return batch["latent"], dict(y=batch["y"], mask=batch["mask"])
+    with torch.no_grad():
+        return vae.encode(batch["video"].to(dtype)), t5.encode(batch["text"])
+
+
+def train_row(args, row, vae, t5, device, dtype):
+    B, F, size = row["batch"], row["frames"], row["size"]
+    latent = vae.get_latent_size((F, size, size))
+    model = build(args, latent, device, dtype, train=True, fast=not args.plain)
+    model.grad_checkpointing = row["ckpt"]
+    opt = parallel.ZeroAdamW(model.named_parameters(), lr=2e-5)  # one process: AdamW on fp32 master weights
+    ema = [p.detach().float() for p in model.parameters()]  # train.py's fp32 EMA (a copy, not a second model)
+    scheduler = diffusion.build_scheduler(dict(type="iddpm", timestep_respacing=""))
+    if row["online"]:
+        batch = dict(video=torch.rand(B, 3, F, size, size, device=device) * 2 - 1, text=[CAPTION] * B)
+    else:
+        enc = t5.encode([CAPTION] * B)
+        batch = dict(latent=torch.randn(B, 4, *latent, device=device, dtype=dtype), y=enc["y"], mask=enc["mask"])
+        t5.model.to("cpu")  # train.py with a latent cache builds no T5: its 9.5 GB are not part of this row
+
+    def step():
+        x, kwargs = encode(vae, t5, batch, dtype)
+        t = torch.randint(0, scheduler.num_timesteps, (B,), device=device)
+        loss = scheduler.training_losses(model, x, t, kwargs)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(1.0)
+        with torch.no_grad():  # train.py's EMA update
+            for e, p in zip(ema, model.parameters()):
+                e.lerp_(p.float(), 1 - 0.9999)
+        return loss
+
+    return step, dict(per_call=B, flops=flops(model, latent, 120, train=True), ntok=model_tokens(model, latent))
+
+
+def sample_row(args, row, vae, t5, device, dtype):
+    F, size = row["frames"], row["size"]
+    latent = vae.get_latent_size((F, size, size))
+    model = build(args, latent, device, dtype, train=False, fast=not args.plain)
+    t5.y_embedder = model.y_embedder
+    scheduler = diffusion.build_scheduler(dict(type=row["sampler"], num_sampling_steps=row["steps"], cfg_scale=7.0))
+
+    @torch.no_grad()
+    def run():  # sample.generate's work for one prompt, minus writing the file
+        z = scheduler.sample(model, t5, (vae.out_channels, *latent), [CAPTION], device, progress=False)
+        return vae.decode(z.to(dtype)).float().clamp(-1, 1)
+
+    fwd = flops(model, latent, 120, train=False)
+    return run, dict(per_call=1, flops=fwd * 2 * row["steps"], ntok=model_tokens(model, latent) * 2 * row["steps"])
+
+
+def model_tokens(model, latent):
+    return math.prod(n // p for n, p in zip(latent, model.patch_size))
+
+
+def timed(fn, n, device, warmup=2):
+    """Wall times of n calls after warmup calls (compilation lands there), the device synchronized around each."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------- --check: fast path vs plain path
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def check(args, device):
+    """Same weights and inputs through (plain bf16, fast bf16) against fp32 plain: forward output and weight gradients
+    of the model, in train mode (no caption dropout); the encoders' bf16 against fp32."""
+    latent = (16, 32, 32) if not args.tiny else (4, 8, 8)
+    B = 2
+    torch.manual_seed(0)
+    ref = build(args, latent, device, torch.float32, train=True, fast=False)
+    ref.y_embedder.dropout_prob = 0.0
+    with torch.no_grad():  # the layers initialised to zero (cross/temporal proj, output) must not hide differences
+        for p in ref.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    plain = build(args, latent, device, torch.bfloat16, train=True, fast=False)
+    fast = build(args, latent, device, torch.bfloat16, train=True, fast=True)
+    for m in (plain, fast):
+        m.load_state_dict(ref.state_dict())
+        m.y_embedder.dropout_prob = 0.0
+    x = torch.randn(B, 4, *latent, device=device)
+    t = torch.tensor([10.0, 990.0], device=device)
+    y = torch.randn(B, 1, 120, args.caption_channels, device=device)
+    mask = torch.zeros(B, 120, dtype=torch.long, device=device)
+    mask[0, :120], mask[1, :37] = 1, 1
+    results = {}
+    for name, m in (("fp32", ref), ("plain", plain), ("fast", fast)):
+        set_path(name == "fast")
+        for ckpt in (False, True):
+            m.grad_checkpointing = ckpt
+            m.zero_grad(set_to_none=True)
+            out = m(x, t, y, mask)
+            (out.float() * torch.linspace(-1, 1, out.numel(), device=device).view(out.shape)).sum().backward()
+            grads = torch.cat([p.grad.float().flatten() for p in m.parameters()])
+            results[name, ckpt] = out.detach(), grads
+    print(f"{'STDiT path':<28}{'out err':>10}{'grad err':>10}   (relative Frobenius error against fp32 plain)")
+    for name in ("plain", "fast"):
+        for ckpt in (False, True):
+            o, g = results[name, ckpt]
+            print(f"{name + ' bf16' + (' + ckpt' if ckpt else ''):<28}{rel(o, results['fp32', False][0]):>10.2e}"
+                  f"{rel(g, results['fp32', False][1]):>10.2e}")
+    print(f"{'fast vs plain bf16':<28}{rel(results['fast', False][0], results['plain', False][0]):>10.2e}"
+          f"{rel(results['fast', False][1], results['plain', False][1]):>10.2e}")
+    del ref, plain, fast, results
+    set_path(True)
+    # encoders: bf16 (the speed path) against fp32, same weights
+    v32, t32 = build_encoders(args, device, torch.float32)
+    v16, t16 = build_encoders(args, device, torch.bfloat16)
+    video = torch.rand(1, 3, 4, 256, 256, device=device) * 2 - 1
+    z32, z16 = v32.encode(video, sample=False), v16.encode(video.bfloat16(), sample=False)
+    print(f"{'VAE encode bf16':<28}{rel(z16, z32):>10.2e}")
+    print(f"{'VAE decode bf16':<28}{rel(v16.decode(z32.bfloat16()), v32.decode(z32)):>10.2e}")
+    print(f"{'T5 encode bf16':<28}{rel(t16.encode([CAPTION])['y'], t32.encode([CAPTION])['y']):>10.2e}")
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--set", action="append", default=[], help="ROW.KEY=VALUE, e.g. t512.batch=4")
+    parser.add_argument("--plain", action="store_true", help="the plain path: no compilation, no fused kernels")
+    parser.add_argument("--compile", type=int, default=1, help="torch.compile each block (fast path)")
+    parser.add_argument("--vae_micro_batch", type=int, default=None, help="frames per VAE call (None: all)")
+    parser.add_argument("--check", action="store_true", help="fast vs plain path errors instead of the table")
+    parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke test)")
+    parser.add_argument("--profile", help="a row to profile (top kernels) after the table")
+    parser.add_argument("--profile_ckpt", type=int, default=28, help="checkpointed blocks in the profiled row")
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    args.caption_channels = TINY_T5["d_model"] if args.tiny else T5_XXL["d_model"]
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (loss, AdamW): tf32
+    torch._dynamo.config.cache_size_limit = 64  # blocks share one graph; sampling and training shapes add a few
+    torch._dynamo.config.automatic_dynamic_shapes = False  # a new batch size is a new static graph, not a dynamic one
+    if args.tiny:
+        for row in ROWS.values():
+            row.update(size=64, frames=4, steps=2, batch=row.get("batch", 1) and 2) if row["kind"] == "train" else \
+                row.update(size=64, frames=4, steps=3, repeat=1)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        name, field = key.split(".")
+        ROWS[name][field] = ast.literal_eval(value)
+    set_path(not args.plain)
+    if args.check:
+        return check(args, device)
+
+    ceiling = matmul_ceiling(device) if device.type == "cuda" else float("nan")
+    t0 = time.perf_counter()
+    vae, t5 = build_encoders(args, device, dtype)
+    print(f"encoders built in {time.perf_counter() - t0:.0f} s; bf16 matmul ceiling {ceiling:.0f} TFLOP/s")
+    lines = []
+    for name in args.rows.split(","):
+        row = ROWS[name]
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+        torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+        t0 = time.perf_counter()
+        train = row["kind"] == "train"
+        r = None
+        for ckpt in row["ckpt"] if isinstance(row.get("ckpt"), list) else [row.get("ckpt")]:
+            try:  # the fewest checkpointed blocks that fit: each one recomputes its forward in the backward pass
+                fn, r = (train_row if train else sample_row)(args, dict(row, ckpt=ckpt), vae, t5, device, dtype)
+                r["times"] = timed(fn, row["steps"] if train else row["repeat"], device, warmup=2 if train else 1)
+                row = dict(row, ckpt=ckpt)
+                break
+            except torch.cuda.OutOfMemoryError:  # try the next setting; a row that never fits says so in the table
+                print(f"{NAMES[name]}: OOM with ckpt={ckpt} at {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB",
+                      flush=True)
+            finally:
+                t5.model.to(device)
+            fn = r = None  # (outside the except clause: its traceback holds the failed step's tensors)
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        if r is None:
+            lines.append(f"{NAMES[name]:<26}{'OOM':>9}  (batch {row.get('batch')})")
+            continue
+        r["samples"] = r["per_call"] / statistics.median(r["times"])
+        del fn
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        tflops = r["flops"] * r["samples"] / 1e12
+        setting = f"b{row['batch']} ck{int(row['ckpt'])}" if row["kind"] == "train" else \
+            f"{statistics.median(r['times']):.3f} s"
+        line = (f"{NAMES[name]:<26}{setting:>9}{r['samples']:>10.3f}{r['ntok'] * r['samples']:>11.0f}"
+                f"{tflops:>9.1f}{100 * tflops / ceiling:>6.1f}%{peak:>9.1f}")
+        lines.append(line)
+        print(line, f"  [{time.perf_counter() - t0:.0f} s incl. build/compile; step times "
+                    f"{', '.join(f'{t:.3f}' for t in r['times'])}; {r['flops'] / 1e12:.2f} TFLOP/sample]", flush=True)
+    print(f"\n{'row':<26}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}")
+    print("\n".join(lines))
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
+          f"{'plain' if args.plain else 'fast'} path, bf16 ceiling {ceiling:.0f} TFLOP/s, {time.strftime('%Y-%m-%d')}")
+    if args.profile:
+        profile(args, args.profile, vae, t5, device, dtype)
+
+
+def profile(args, name, vae, t5, device, dtype):
+    """Top CUDA kernels of a row's steps (after its warm-up)."""
+    from torch.profiler import ProfilerActivity, profile as prof
+    row = dict(ROWS[name], ckpt=args.profile_ckpt)
+    fn, _ = (train_row if row["kind"] == "train" else sample_row)(args, row, vae, t5, device, dtype)
+    timed(fn, 0, device)  # warm-up, compilation
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        timed(fn, 2 if row["kind"] == "train" else 1, device, warmup=0)
+    print(f"profile of {NAMES[name]}, {2 if row['kind'] == 'train' else 1} calls:")
+    print(p.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
+
+
+if __name__ == "__main__":
+    main()

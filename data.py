@@ -1,0 +1,505 @@
+"""Data: a CSV of (video, caption) rows -> training clips; the latent cache; mp4 in and out; the toy shapes set and
+its judge.
+
+    dataset = VideoDataset("train.csv", num_frames=16, frame_interval=3, image_size=(256, 256))
+    dataset[0]  # dict(video=(3, 16, 256, 256) float32 in [-1, 1], text="a cat playing piano")
+
+    python data.py shapes data/shapes --num 512          # the toy set: mp4s + data/shapes/train.csv
+    python data.py judge samples/shapes                  # colour / direction accuracy of toy clips
+    python data.py cache configs/shapes.py               # encode the data set once into cfg["cache_dir"]
+
+The CSV is Open-Sora v1.0's: rows `path,caption` (extra columns ignored), an optional header `path,caption` or
+`path,text`, relative paths joined to `root`. Videos are decoded with PyAV; images (by extension) are 1-frame clips
+repeated num_frames times, as v1.0 does (so num_frames=1 gives (3, 1, H, W), and images batch with videos).
+"""
+import argparse
+import csv
+import json
+import math
+import multiprocessing
+import os
+import re
+import sys
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def warn(message):
+    print(f"data: {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- mp4 in and out
+def to_uint8(frames):
+    """uint8 (T, H, W, 3) numpy as is, or a float tensor (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
+    if isinstance(frames, torch.Tensor):
+        if frames.ndim != 4 or frames.shape[0] != 3:
+            raise ValueError(f"video tensor must be (3, T, H, W) in [-1, 1], got shape {tuple(frames.shape)}")
+        x = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5 + 0.5).floor()  # v1.0 rounds the same way
+        return x.to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def write_video(path, frames, fps=8, crf=10):
+    """Write frames (see to_uint8) as an H.264 mp4 (yuv420p) and return path. Odd sizes are padded by repeating the
+    last row / column (yuv420p needs even ones). crf 10 (default 23) keeps small pure-colour clips faithful: the
+    loss left is yuv420p's half-resolution chroma at colour edges. Atomic: a temporary file renamed into place."""
+    frames = to_uint8(frames)
+    T, H, W, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.mp4"  # the extension picks the container
+    with av.open(tmp, "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())  # flush
+    os.replace(tmp, path)
+    return path
+
+
+def read_video(path):
+    """Every frame of a video (or the one of an image) -> uint8 (T, H, W, 3)."""
+    with av.open(path) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+# ----------------------------------------------------------------------------- decoding a clip
+class BadSample(Exception):
+    """A sample we skip: missing, unreadable, corrupt or too short. The message says which."""
+
+
+def frame_indices(total, num_frames, frame_interval, generator):
+    """v1.0's TemporalRandomCrop + linspace, quirks kept: the window of num_frames * frame_interval frames starts at
+    randint(0, total - window - 1), so the last frame is never the window's end (the -1); a clip shorter than the
+    window gives its whole length; and the frames are np.linspace(start, end - 1, num_frames) truncated to int, so
+    the step is (window - 1) / (num_frames - 1), not exactly frame_interval: 16 every 3 are 0, 3, .., 21, 25, .., 47.
+    Too short (BadSample) only when the window holds fewer than num_frames frames (v1.0 asserts the same)."""
+    window = num_frames * frame_interval
+    start = int(torch.randint(0, max(0, total - window - 1) + 1, (1,), generator=generator))
+    end = min(start + window, total)
+    if end - start < num_frames:
+        raise BadSample(f"too short: {total} frames, need at least num_frames={num_frames}")
+    return np.linspace(start, end - 1, num_frames, dtype=int).tolist()
+
+
+def decode(path, num_frames, frame_interval, generator):
+    """uint8 (num_frames, H, W, 3): the frames frame_indices picks. Frames are decoded in order up to the last one
+    picked (H.264 cannot skip its reference frames anyway) but only the picked ones are converted to RGB."""
+    if not os.path.isfile(path):
+        raise BadSample("missing file")
+    is_image = path.lower().endswith(IMAGE_EXTS)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise BadSample("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if is_image:
+                picks = [0]
+            else:
+                total = stream.frames  # from the container's index; 0 where it has none (some mkv/webm)
+                if total == 0:
+                    total = sum(1 for _ in container.decode(stream))
+                    container.seek(0)
+                picks = frame_indices(total, num_frames, frame_interval, generator)
+            wanted, got = set(picks), {}
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= picks[-1]:
+                    break
+    except (av.FFmpegError, OSError) as e:  # InvalidDataError for a cut mp4, permission errors, ...
+        raise BadSample(f"unreadable: {type(e).__name__}: {e}") from e
+    if len(got) < len(wanted):
+        raise BadSample(f"truncated: decoded {len(got)} of the {len(wanted)} frames needed (frame {picks[-1]})")
+    if is_image:  # v1.0: an image is repeated num_frames times
+        return np.repeat(got[0][None], num_frames, axis=0)
+    return np.stack([got[i] for i in picks])
+
+
+def resize_crop(x, size):
+    """(T, 3, H, W) -> (T, 3, *size): scale so the frame covers size keeping its aspect, then centre crop (v1.0's
+    UCFCenterCropVideo; for a square size, the short side goes to size). Bilinear as v1.0, but antialiased: v1.0's
+    plain bilinear aliases when it shrinks a large frame, and this triangle filter keeps values in range."""
+    th, tw = size
+    H, W = x.shape[-2:]
+    scale = max(th / H, tw / W)
+    h, w = max(th, round(H * scale)), max(tw, round(W * scale))
+    if (h, w) != (H, W):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    i, j = int(round((h - th) / 2)), int(round((w - tw) / 2))
+    return x[..., i:i + th, j:j + tw]
+
+
+# ----------------------------------------------------------------------------- the data set
+def read_csv(data_path, root=None):
+    """[(path, caption)] from an Open-Sora v1.0 CSV; a row without caption or a CSV with no rows is an error."""
+    samples = []
+    with open(data_path, newline="") as f:
+        reader = csv.reader(f)
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue  # blank line
+            if not samples and [c.strip().lower() for c in row[:2]] in (["path", "caption"], ["path", "text"]):
+                continue  # header
+            if len(row) < 2 or not row[1].strip():
+                raise ValueError(f"{data_path}, line {reader.line_num}: row {row!r} has no caption "
+                                 f"(rows are path,caption)")
+            samples.append((os.path.join(root, row[0]) if root else row[0], row[1]))
+    if not samples:
+        raise ValueError(f"{data_path}: no rows (expected path,caption rows)")
+    return samples
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Clips from a CSV: dict(video=float32 (3, T, H, W) in [-1, 1], text=str).
+
+    Randomness (the temporal window, then the flip) comes from a torch.Generator seeded by (seed, epoch, index), never
+    the global RNG: a sample is the same whichever DataLoader worker makes it, and a resumed run sees the same clips.
+    Call set_epoch(epoch) before each epoch (the workers are forked after it with persistent_workers=False).
+    (v1.0 draws from python's `random`, seeded identically in every worker.)
+
+    Bad data: construction stats every file and decodes rows until the first good one, so a CSV whose files are all
+    missing or bad fails there, naming the first; a bad file met later (corrupt, truncated, too short) is skipped,
+    with one warning naming it, and __getitem__ returns the next good row instead (v1.0: a random one, ten tries).
+    The skipped rows are flags in shared memory, so DataLoader workers skip a known bad file without retrying it and
+    `num_skipped` counts distinct skipped files over all workers of this process (each DDP rank counts its own).
+    """
+
+    def __init__(self, data_path, num_frames=16, frame_interval=3, image_size=(256, 256), root=None, flip=True,
+                 seed=0):
+        self.samples = read_csv(data_path, root)
+        self.num_frames, self.frame_interval, self.image_size = num_frames, frame_interval, tuple(image_size)
+        self.flip, self.seed, self.epoch = flip, seed, 0
+        self.bad = multiprocessing.RawArray("b", len(self.samples))  # 1: skipped; shared with forked workers
+        self.skipped = multiprocessing.Value("i", 0)  # its lock also guards `bad`
+        for i, (path, _) in enumerate(self.samples):
+            if not os.path.isfile(path):
+                self.mark_bad(i, "missing file")
+        for i in range(len(self.samples)):
+            if not self.bad[i]:
+                try:
+                    self.get(i, i)
+                    break
+                except BadSample as e:
+                    self.mark_bad(i, e)
+        else:
+            raise ValueError(f"{data_path}: none of its {len(self.samples)} rows is usable (missing or bad files, "
+                             f"warnings above; the first: {self.samples[0][0]})")
+
+    def __len__(self):
+        return len(self.samples)
+
+    @property
+    def num_skipped(self):
+        return self.skipped.value
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def mark_bad(self, i, reason):
+        with self.skipped.get_lock():
+            if not self.bad[i]:
+                self.bad[i] = 1
+                self.skipped.value += 1
+                warn(f"skipping {self.samples[i][0]}: {reason}")
+
+    def get(self, i, key):
+        """Row i with the random draws of `key` (the index asked for); raises BadSample."""
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + key)
+        path, text = self.samples[i]
+        x = torch.from_numpy(decode(path, self.num_frames, self.frame_interval, g))  # (T, H, W, 3) uint8
+        x = x.permute(0, 3, 1, 2).float()  # (T, 3, H, W) in [0, 255]
+        if self.flip and torch.rand((), generator=g) < 0.5:  # v1.0 flips before resizing, as here
+            x = x.flip(-1)
+        x = resize_crop(x, self.image_size).clamp(0, 255) / 127.5 - 1  # (T, 3, H, W) in [-1, 1]
+        return dict(video=x.permute(1, 0, 2, 3).contiguous(), text=text)  # (3, T, H, W)
+
+    def __getitem__(self, index):
+        for j in range(len(self.samples)):
+            i = (index + j) % len(self.samples)
+            if not self.bad[i]:
+                try:
+                    return self.get(i, index)
+                except BadSample as e:
+                    self.mark_bad(i, e)
+        raise RuntimeError(f"every one of the {len(self.samples)} samples is bad (see the warnings above)")
+
+
+# ----------------------------------------------------------------------------- the latent cache
+# `python data.py cache CONFIG` encodes the data set once: shard k of cache_dir holds rows [k*SHARD, (k+1)*SHARD) of
+# the CSV (bad rows left out) as safetensors: latents (n, C, T, h, w), y (n, 1, L, C'), mask (n, L), index (n,) the CSV
+# rows, and the captions (JSON) in its metadata. Differences from v1.0's online encoding, on purpose: the VAE's
+# posterior mean, not a sample of it (v1.0 samples anew at every step); no random flip; one temporal window per clip
+# (the one epoch 0 draws), where v1.0 draws a new one every epoch. meta.json records the settings the cache was built
+# with; a cache built with others is an error, never silently used.
+SHARD = 256
+
+
+def cache_settings(cfg):
+    keys = ("data_path", "root", "num_frames", "frame_interval", "image_size", "seed", "vae", "text_encoder")
+    return json.loads(json.dumps({k: cfg[k] for k in keys}, default=str))  # tuples -> lists, as in meta.json
+
+
+def read_meta(cfg):
+    """meta.json of cfg's cache, or None if there is none; an error if it was built with other settings."""
+    path = os.path.join(cfg["cache_dir"], "meta.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        meta = json.load(f)
+    for key, value in cache_settings(cfg).items():
+        if meta["settings"].get(key) != value:
+            raise ValueError(f"{path}: the cache was built with {key}={meta['settings'].get(key)!r}, the config says "
+                             f"{value!r}; delete {cfg['cache_dir']} or set another cache_dir")
+    return meta
+
+
+def shard_path(cache_dir, k):
+    return os.path.join(cache_dir, f"shard{k:05d}.safetensors")
+
+
+def cache_complete(cfg):
+    meta = read_meta(cfg)
+    return meta is not None and all(os.path.exists(shard_path(cfg["cache_dir"], k)) for k in range(meta["shards"]))
+
+
+def build_cache(cfg, device=None, dtype=torch.float32):
+    """Encode cfg's data set into cfg["cache_dir"]; shards already written are kept (resumable)."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from text import build_text_encoder
+    from vae import build_vae
+
+    dataset = VideoDataset(cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"], cfg["root"],
+                           flip=False, seed=cfg["seed"])
+    vae = build_vae(cfg["vae"], device, dtype)
+    text_encoder = build_text_encoder(cfg["text_encoder"], device, dtype)
+    cache_dir, shards = cfg["cache_dir"], math.ceil(len(dataset) / SHARD)
+    if read_meta(cfg) is None:
+        os.makedirs(cache_dir, exist_ok=True)
+        meta = dict(settings=cache_settings(cfg), shards=shards, rows=len(dataset),
+                    caption_channels=text_encoder.output_dim)
+        with open(os.path.join(cache_dir, "meta.json.tmp"), "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(os.path.join(cache_dir, "meta.json.tmp"), os.path.join(cache_dir, "meta.json"))
+    for k in tqdm(range(shards), desc=f"caching {cfg['data_path']}", dynamic_ncols=True):
+        if os.path.exists(shard_path(cache_dir, k)):
+            continue  # complete: shards appear only by rename
+        samples, index = [], []
+        for i in range(k * SHARD, min((k + 1) * SHARD, len(dataset))):
+            if not dataset.bad[i]:
+                try:
+                    samples.append(dataset.get(i, i))
+                    index.append(i)
+                except BadSample as e:
+                    dataset.mark_bad(i, e)
+        out = dict(index=torch.tensor(index, dtype=torch.int64))
+        parts = []
+        for b in range(0, len(samples), cfg["batch_size"]):
+            batch = samples[b:b + cfg["batch_size"]]
+            x = torch.stack([s["video"] for s in batch]).to(device, dtype)  # (B, 3, T, H, W)
+            text = text_encoder.encode([s["text"] for s in batch])
+            parts.append((vae.encode(x, sample=False), text["y"], text["mask"]))
+        if parts:  # an all-bad shard holds only its empty index
+            out["latents"] = torch.cat([p[0] for p in parts]).float().cpu()  # (n, C, T, h, w)
+            out["y"] = torch.cat([p[1] for p in parts]).float().cpu()  # (n, 1, L, C')
+            out["mask"] = torch.cat([p[2] for p in parts]).cpu()  # (n, L)
+        tmp = shard_path(cache_dir, k) + ".tmp"
+        save_file({n: t.contiguous() for n, t in out.items()}, tmp,
+                  metadata=dict(captions=json.dumps([s["text"] for s in samples])))
+        os.replace(tmp, shard_path(cache_dir, k))
+    return dataset.num_skipped
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """A cache written by build_cache: dict(latent=(C, T, h, w), y=(1, L, C'), mask=(L,), text=str)."""
+
+    def __init__(self, cfg):
+        from safetensors import safe_open
+
+        meta = read_meta(cfg)
+        if meta is None or not cache_complete(cfg):
+            raise FileNotFoundError(f"{cfg['cache_dir']}: no complete cache (python data.py cache CONFIG)")
+        self.caption_channels, self.rows, self.num_skipped = meta["caption_channels"], [], 0
+        for k in range(meta["shards"]):
+            with safe_open(shard_path(cfg["cache_dir"], k), "pt") as f:
+                n, captions = len(f.get_tensor("index")), json.loads(f.metadata()["captions"])
+            self.rows += [(k, r, captions[r]) for r in range(n)]
+        self.num_skipped = meta["rows"] - len(self.rows)
+        if not self.rows:
+            raise ValueError(f"{cfg['cache_dir']}: the cache holds no samples")
+        self.cache_dir, self.files = cfg["cache_dir"], {}
+
+    def __len__(self):
+        return len(self.rows)
+
+    def set_epoch(self, epoch):  # as VideoDataset's; a cache holds one fixed clip per row
+        pass
+
+    def __getitem__(self, index):
+        from safetensors import safe_open
+
+        k, r, text = self.rows[index]
+        if k not in self.files:  # opened lazily, so in each worker (memory-mapped)
+            self.files[k] = safe_open(shard_path(self.cache_dir, k), "pt")
+        f = self.files[k]
+        return dict(latent=f.get_slice("latents")[r], y=f.get_slice("y")[r], mask=f.get_slice("mask")[r], text=text)
+
+
+def build_dataset(cfg):
+    """The training set of cfg: the cache if cfg["cache_dir"], otherwise clips decoded on the fly. The toy set
+    (make_shapes) is not flipped: its captions say left or right."""
+    if cfg["cache_dir"]:
+        return CachedDataset(cfg)
+    return VideoDataset(cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"], cfg["root"],
+                        flip=not cfg["make_shapes"], seed=cfg["seed"])
+
+
+def caption_channels(cfg, text_encoder=None):
+    """C' of the captions: the text encoder's, or the cache's when there is no encoder."""
+    return text_encoder.output_dim if text_encoder is not None else read_meta(cfg)["caption_channels"]
+
+
+def skipped_count(dataset):
+    return dataset.num_skipped
+
+
+# ----------------------------------------------------------------------------- the toy set: moving shapes
+COLOURS = dict(red=(255, 0, 0), green=(0, 255, 0), blue=(0, 0, 255), yellow=(255, 255, 0))
+SHAPES = ("circle", "square")
+DIRECTIONS = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))  # (dx, dy), y downwards
+SHAPES_PROMPTS = [f"a {c} {s} moving {d}" for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+
+
+def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
+    """uint8 (T, size, size, 3): one shape of radius (half side) size/8 on black, at constant speed, in frame."""
+    r, (dx, dy) = size / 8, DIRECTIONS[direction]
+    travel = rng.uniform(0.5, 1.0) * (size - 2 * r - 1)  # whole path: at least half the room there is
+    a = rng.uniform(r, size - r - travel)  # start along the axis of motion, for a positive direction
+    along = a + travel * np.linspace(0, 1, num_frames)
+    if dx + dy < 0:
+        along = size - along
+    across = np.full(num_frames, rng.uniform(r, size - r))
+    cx, cy = (along, across) if dx else (across, along)
+    p = np.arange(size) + 0.5  # pixel centres
+    ox, oy = p[None, None, :] - cx[:, None, None], p[None, :, None] - cy[:, None, None]  # (T, 1, W), (T, H, 1)
+    inside = ox ** 2 + oy ** 2 < r ** 2 if shape == "circle" else np.maximum(abs(ox), abs(oy)) < r  # (T, H, W)
+    return inside[..., None] * np.array(COLOURS[colour], dtype=np.uint8)
+
+
+def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8):
+    """Write num toy clips (all 32 captions in turn, random positions and speeds) and out_dir/train.csv (absolute
+    paths, no header); return the CSV's path."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for n in range(num):
+        caption = SHAPES_PROMPTS[n % len(SHAPES_PROMPTS)]
+        _, colour, shape, _, direction = caption.split()
+        path = os.path.abspath(os.path.join(out_dir, f"{n:05d}.mp4"))
+        write_video(path, shape_clip(colour, shape, direction, rng, num_frames, size), fps)
+        rows.append((path, caption))
+    csv_path = os.path.join(out_dir, "train.csv")
+    with open(csv_path + ".tmp", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(csv_path + ".tmp", csv_path)
+    return csv_path
+
+
+def judge_clip(frames, caption):
+    """Does a clip show the caption's colour and direction? frames: uint8 (T, H, W, 3) or float (3, T, H, W) in
+    [-1, 1]. Foreground: pixels whose brightest channel is >= 128 (the background is black). Colour: the pure
+    colour most foreground pixels are closest to (each pixel scaled to max 1). Direction: the dominant axis and sign
+    of the foreground centroid's move from the first to the last frame that has one (none under 1 pixel)."""
+    frames = to_uint8(frames).astype(np.float32) / 255
+    fg = frames.max(-1) >= 0.5  # (T, H, W)
+    colour = direction = None
+    if fg.any():
+        pixels = frames[fg] / frames[fg].max(-1, keepdims=True)  # (P, 3)
+        protos = np.array(list(COLOURS.values()), dtype=np.float32) / 255  # (4, 3)
+        votes = ((pixels[:, None] - protos[None]) ** 2).sum(-1).argmin(1)
+        colour = list(COLOURS)[np.bincount(votes, minlength=len(COLOURS)).argmax()]
+        ts = np.flatnonzero(fg.any((1, 2)))
+        ys, xs = np.nonzero(fg[ts[0]]); y1, x1 = np.nonzero(fg[ts[-1]])
+        dx, dy = x1.mean() - xs.mean(), y1.mean() - ys.mean()
+        if max(abs(dx), abs(dy)) >= 1:
+            direction = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
+    words = caption.lower().split()
+    return dict(colour_ok=colour in words, direction_ok=direction in words, colour=colour, direction=direction)
+
+
+def caption_from_name(path):
+    """sample.py's file names: a_red_circle_moving_right-seed0.mp4 -> "a red circle moving right"."""
+    return os.path.basename(path).rsplit(".", 1)[0].split("-")[0].replace("_", " ")
+
+
+def judge_files(target):
+    """Judge a CSV's rows, or a folder's mp4s (captions from its train.csv, else from the file names); print the
+    failures and the accuracies, return dict(colour=, direction=, both=, n=)."""
+    if target.endswith(".csv"):
+        pairs = read_csv(target)
+    else:
+        known = {}
+        if os.path.exists(os.path.join(target, "train.csv")):
+            known = {os.path.basename(p): c for p, c in read_csv(os.path.join(target, "train.csv"))}
+        names = sorted(n for n in os.listdir(target) if n.endswith(".mp4"))
+        pairs = [(os.path.join(target, n), known.get(n, caption_from_name(n))) for n in names]
+    pattern = re.compile(r"\b(%s)\b.*\bmoving (%s)\b" % ("|".join(COLOURS), "|".join(DIRECTIONS)))
+    pairs = [(p, c) for p, c in pairs if pattern.search(c.lower())]  # toy captions only
+    if not pairs:
+        raise ValueError(f"{target}: no clips with a toy caption ('a red circle moving right') to judge")
+    results = []
+    for path, caption in pairs:
+        r = judge_clip(read_video(path), caption)
+        results.append(r)
+        if not (r["colour_ok"] and r["direction_ok"]):
+            print(f"{path}: '{caption}' looks {r['colour']} moving {r['direction']}")
+    acc = {k: float(np.mean([r[k + "_ok"] for r in results])) for k in ("colour", "direction")}
+    acc["both"] = float(np.mean([r["colour_ok"] and r["direction_ok"] for r in results]))
+    print(f"{target}: colour {acc['colour']:.1%}  direction {acc['direction']:.1%}  both {acc['both']:.1%}  "
+          f"({len(results)} clips)")
+    return acc | dict(n=len(results))
+
+
+# ----------------------------------------------------------------------------- command line
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "cache":
+        if len(sys.argv) < 3:
+            sys.exit("usage: python data.py cache CONFIG.py [--key=value ...]")
+        from config import load_config
+        cfg = load_config(sys.argv[2], sys.argv[3:])
+        if not cfg["cache_dir"]:
+            sys.exit(f"{sys.argv[2]}: set cache_dir (in the file or --cache_dir=...)")
+        if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
+            make_shapes(os.path.dirname(cfg["data_path"]), cfg["make_shapes"])
+        skipped = build_cache(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
+        print(f"{cfg['cache_dir']}: complete ({skipped} rows skipped)")
+        sys.exit()
+    parser = argparse.ArgumentParser(description="toy data and its judge (and: data.py cache CONFIG [--k=v ...])")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("shapes", help="write the moving-shapes toy set")
+    p.add_argument("out_dir")
+    p.add_argument("--num", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=32)
+    p = sub.add_parser("judge", help="colour / direction accuracy of toy clips")
+    p.add_argument("target", help="a folder of mp4s or a CSV")
+    args = parser.parse_args()
+    if args.command == "shapes":
+        print(make_shapes(args.out_dir, args.num, args.seed, args.num_frames, args.size))
+    else:
+        judge_files(args.target)
