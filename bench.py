@@ -7,8 +7,8 @@
     python bench.py --tiny               # tiny random models on the CPU: a smoke test of this file
 
 Rows (train.py's step: encode, IDDPM training_losses, backward, ZeroAdamW step, EMA; data loading not included):
-t256 / c256 train 16x256 with VAE + T5 encoding in the step / from cached latents and caption embeddings; t512 train
-16x512 online; t64 train 64x512 online with gradient checkpointing; s256 / s512 sample one video (T5, 20 DPM-Solver
+t256 / c256 train 16x256 with VAE + T5 encoding in the step / from cached latents and caption embeddings; t512 / c512
+the same at 16x512; t64 train 64x512 online with gradient checkpointing; s256 / s512 sample one video (T5, 20 DPM-Solver
 steps with guidance, VAE decode; model build excluded), i256 / i512 the same with 100 IDDPM steps.
 Columns: samples/s (videos/s for sampling), latent tokens/s through the model, the model's TFLOP/s counted
 analytically (flops() below: matmuls + attention, training x3; checkpoint recomputation NOT counted; VAE and T5 not
@@ -43,6 +43,7 @@ CAPTION = ("a drone shot of waves breaking on a rocky coast at sunset, seagulls 
 ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits of a list), online encoding
     "t256": dict(kind="train", frames=16, size=256, batch=8, ckpt=[0, 8, 14, 20, 28], online=True, steps=8),
     "c256": dict(kind="train", frames=16, size=256, batch=8, ckpt=[0, 8, 14, 20, 28], online=False, steps=8),
+    "c512": dict(kind="train", frames=16, size=512, batch=2, ckpt=[0, 8, 14, 20, 28], online=False, steps=6),
     "t512": dict(kind="train", frames=16, size=512, batch=2, ckpt=[0, 8, 14, 20, 28], online=True, steps=6),
     "t64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[16, 20, 24, 28], online=True, steps=4),
     "s256": dict(kind="sample", frames=16, size=256, sampler="dpm-solver", steps=20, repeat=3),
@@ -50,7 +51,7 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
     "i256": dict(kind="sample", frames=16, size=256, sampler="iddpm", steps=100, repeat=1),
     "i512": dict(kind="sample", frames=16, size=512, sampler="iddpm", steps=100, repeat=1),
 }
-NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "t512": "train 16x512 online",
+NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "c512": "train 16x512 cached", "t512": "train 16x512 online",
          "t64": "train 64x512 online ckpt", "s256": "sample 16x256 dpm20+cfg", "s512": "sample 16x512 dpm20+cfg",
          "i256": "sample 16x256 iddpm100", "i512": "sample 16x512 iddpm100"}
 
@@ -104,6 +105,8 @@ def build_encoders(args, device, dtype):
                                       device=device, micro_batch_size=args.vae_micro_batch)
         t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
                             device=device, dtype=dtype)
+    if not args.plain and args.compile:  # GroupNorm + SiLU between the convolutions: fused, not 3 passes each
+        vae.module.encoder.compile()
     return vae, t5
 
 
@@ -262,11 +265,13 @@ def check(args, device):
     del ref, plain, fast, results
     set_path(True)
     # encoders: bf16 (the speed path) against fp32, same weights
-    v32, t32 = build_encoders(args, device, torch.float32)
-    v16, t16 = build_encoders(args, device, torch.bfloat16)
+    v32, t32 = build_encoders(argparse.Namespace(**dict(vars(args), plain=True)), device, torch.float32)
+    v16, t16 = build_encoders(args, device, torch.bfloat16)  # fast path: encoder compiled
     video = torch.rand(1, 3, 4, 256, 256, device=device) * 2 - 1
     z32, z16 = v32.encode(video, sample=False), v16.encode(video.bfloat16(), sample=False)
-    print(f"{'VAE encode bf16':<28}{rel(z16, z32):>10.2e}")
+    v16.module.encoder._compiled_call_impl = None  # undo nn.Module.compile: the same encoder, eager
+    print(f"{'VAE encode bf16 (fast)':<28}{rel(z16, z32):>10.2e}")
+    print(f"{'VAE encode fast vs plain':<28}{rel(z16, v16.encode(video.bfloat16(), sample=False)):>10.2e}")
     print(f"{'VAE decode bf16':<28}{rel(v16.decode(z32.bfloat16()), v32.decode(z32)):>10.2e}")
     print(f"{'T5 encode bf16':<28}{rel(t16.encode([CAPTION])['y'], t32.encode([CAPTION])['y']):>10.2e}")
 

@@ -655,6 +655,116 @@ def test_samplers_pass_model_kwargs_and_additional_args():
         assert got and all(g == (True, 7) for g in got), got
 
 
+# ============================================================================= model.py fast paths (bench.py --check runs them on the GPU)
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture
+def short_keys():
+    """Restore model.SHORT_KEYS after a test that switches the attention path."""
+    old = M.SHORT_KEYS
+    yield
+    M.SHORT_KEYS = old
+
+
+def reference_attention(q, k, v, mask=None):  # float64, (B, N, H, D) layout, written independently of model.py
+    s = torch.einsum("bnhd,bmhd->bhnm", q.double(), k.double()) / q.shape[-1] ** 0.5
+    if mask is not None:
+        s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return torch.einsum("bhnm,bmhd->bnhd", s.softmax(-1), v.double())
+
+
+# ----------------------------------------------------------------------------- speed paths == plain path (CPU)
+@pytest.mark.parametrize("N,M", [(16, 16), (5, 32), (33, 33)])
+def test_short_attention_matches_sdpa(short_keys, N, M):
+    """The written-out path (M <= SHORT_KEYS, no mask) and the SDPA path compute the same function."""
+    g = torch.Generator().manual_seed(N * 100 + M)
+    q, k, v = (torch.randn(3, n, 4, 24, generator=g) for n in (N, M, M))
+    M.SHORT_KEYS = 32
+    fast = M.attention(q, k, v)
+    M.SHORT_KEYS = 0
+    plain = M.attention(q, k, v)
+    ref = reference_attention(q, k, v)
+    assert rel(fast.double(), ref) < 1e-6 and rel(plain.double(), ref) < 1e-6
+    assert fast.shape == (3, N, 4, 24)
+
+
+def test_short_attention_gradients(short_keys):
+    q, k, v = (torch.randn(2, 16, 3, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    grads = []
+    for short in (32, 0):
+        M.SHORT_KEYS = short
+        out = M.attention(q, k, v)
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view(out.shape).double()).sum(),
+                                         (q, k, v)))
+    for a, b in zip(*grads):  # the short path's scores are fp32 (v1.0's softmax precision): ~1e-7 apart
+        assert rel(a, b) < 1e-6
+
+
+def test_masked_attention_not_short(short_keys):
+    """A mask (cross-attention) never takes the short path; kept keys only, an empty row gives zeros."""
+    M.SHORT_KEYS = 32
+    q, k, v = torch.randn(2, 10, 2, 8), torch.randn(2, 6, 2, 8), torch.randn(2, 6, 2, 8)
+    mask = torch.tensor([[1, 1, 0, 1, 0, 0], [0] * 6], dtype=torch.bool)
+    out = M.attention(q, k, v, mask)
+    assert rel(out[0].double(), reference_attention(q[:1], k[:1], v[:1], mask[:1])[0]) < 1e-6
+    assert out[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("short", [0, 32])
+def test_fixture_under_both_attention_paths(short_keys, short):
+    """v1.0's numbers (stdit_tiny_ref.pt) through either attention path, fp32."""
+    ref = load_fixture("stdit_tiny_ref.pt")
+    M.SHORT_KEYS = short
+    m = M.STDiT(**ref["config"]).eval()
+    m.load_state_dict(ref["state_dict"])
+    with torch.no_grad():
+        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
+    assert rel(out, ref["out"]) < 1e-5
+
+
+@pytest.mark.parametrize("ckpt", [True, 1])
+def test_selective_checkpointing_same_gradients(ckpt):
+    """grad_checkpointing = n recomputes the first n blocks: same loss and gradients as none (fixture weights)."""
+    ref = load_fixture("stdit_tiny_ref.pt")
+    m = M.STDiT(**ref["config"]).train()
+    m.load_state_dict(ref["state_dict"])
+    m.y_embedder.dropout_prob = 0.0
+    results = []
+    for setting in (False, ckpt):
+        m.grad_checkpointing = setting
+        m.zero_grad()
+        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+    assert rel(results[1][0], results[0][0]) < 1e-6
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- bench.py's FLOP count
+def test_flop_count_matches_torch_counter(short_keys):
+    """bench.flops (analytic) against torch's FlopCounterMode on the fixture's model, forward. The written-out
+    attention path (every attention of this small model is short without a mask) makes the attention FLOPs countable:
+    FlopCounterMode does not count the CPU SDPA kernel."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import bench
+    ref = load_fixture("stdit_tiny_ref.pt")
+    M.SHORT_KEYS = 32
+    m = M.STDiT(**ref["config"]).eval()
+    x, y = ref["x"], ref["y"]
+    T, H, W = (n // p for n, p in zip(m.input_size, m.patch_size))
+    assert max(T, H * W, y.shape[2]) <= M.SHORT_KEYS  # else this test would not count every attention
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        m(x, ref["timestep"], y, None)  # no mask: every caption key attends, as bench counts
+    counted = counter.get_total_flops() / x.shape[0]
+    ours = bench.flops(m, tuple(x.shape[2:]), y.shape[2], train=False)
+    assert abs(ours - counted) / counted < 0.01, (ours, counted)
+    assert bench.flops(m, tuple(x.shape[2:]), y.shape[2], train=True) == 3 * ours
+
+
 # ============================================================================= vae.py and text.py
 
 

@@ -168,6 +168,8 @@ bar.close()
 # ----------------------------------------------------------------------------- samples at the end
 if cfg["eval_prompts"] and ctx.is_main:
     import sample
-    sample.generate(cfg, ema, vae, cfg["eval_prompts"], os.path.join(run_dir, "samples"), seed=cfg["seed"],
-                    device=device, dtype=dtype)
+    text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
+    for path in sample.generate(cfg, ema, vae, text_encoder, cfg["eval_prompts"], os.path.join(run_dir, "samples"),
+                                cfg["seed"], device, dtype):
+        log(path)
 parallel.cleanup()
