@@ -8,6 +8,8 @@ and fall back to plain strings (--outputs=runs/a).
 import ast
 import runpy
 
+import torch
+
 DEFAULTS = dict(
     # data
     num_frames=16, frame_interval=3, image_size=(256, 256), root=None, data_path=None,
@@ -23,6 +25,8 @@ DEFAULTS = dict(
     fps=8, prompt_path=None, prompt=None, save_dir="samples", ckpt=None, eval_prompts=None,
     judge=False,
 )
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # a config's dtype (GPU; CPU: fp32)
 
 
 def parse_value(text):

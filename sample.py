@@ -13,14 +13,12 @@ import re
 import torch
 from tqdm import tqdm
 
-from config import load_config
+from config import DTYPES, load_config
 from data import write_video
 from diffusion import build_scheduler
 from model import build_model, load_checkpoint
 from text import build_text_encoder
 from vae import build_vae
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def video_name(prompt, seed):

@@ -676,11 +676,11 @@ def reference_attention(q, k, v, mask=None):  # float64, (B, N, H, D) layout, wr
 
 
 # ----------------------------------------------------------------------------- speed paths == plain path (CPU)
-@pytest.mark.parametrize("N,M", [(16, 16), (5, 32), (33, 33)])
-def test_short_attention_matches_sdpa(short_keys, N, M):
+@pytest.mark.parametrize("N,K", [(16, 16), (5, 32), (33, 33)])
+def test_short_attention_matches_sdpa(short_keys, N, K):
     """The written-out path (M <= SHORT_KEYS, no mask) and the SDPA path compute the same function."""
-    g = torch.Generator().manual_seed(N * 100 + M)
-    q, k, v = (torch.randn(3, n, 4, 24, generator=g) for n in (N, M, M))
+    g = torch.Generator().manual_seed(N * 100 + K)
+    q, k, v = (torch.randn(3, n, 4, 24, generator=g) for n in (N, K, K))
     M.SHORT_KEYS = 32
     fast = M.attention(q, k, v)
     M.SHORT_KEYS = 0
@@ -1614,3 +1614,18 @@ def test_sample_writes_mp4(tiny_run):
     cfg = load_config(str(ROOT / "configs/shapes.py"))
     frames = read_video(paths[0])
     assert frames.shape == (cfg["num_frames"], *cfg["image_size"], 3) and frames.dtype == np.uint8
+
+
+def test_train_torchrun_zero2_seq_two_ranks(tmp_path):
+    """torchrun --nproc_per_node 2 train.py configs/shapes.py --plugin=zero2-seq --sp_size=2 runs on the CPU (gloo)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), *TINY_TRAIN, "--plugin=zero2-seq", "--sp_size=2",
+           f"--data_path={tmp_path}/data/train.csv", f"--cache_dir={tmp_path}/data/cache", "--max_steps=3",
+           f"--outputs={tmp_path}/o", "--model.num_heads=2"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert sorted(losses(tmp_path / "o/shapes")) == [1, 2, 3]
+    assert "2 ranks (dp 1 x sp 2)" in out.stdout
+    with pytest.raises(subprocess.CalledProcessError):  # zero2-seq without sp, or zero2 with sp: refused
+        subprocess.run([sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), "--sp_size=2"],
+                       cwd=tmp_path, capture_output=True, check=True, timeout=120)

@@ -14,19 +14,20 @@ from tqdm import tqdm
 
 import data
 import parallel
-from config import load_config
+from config import DTYPES, load_config
 from diffusion import build_scheduler
 from model import build_model, latest_checkpoint, save_checkpoint
 from text import build_text_encoder
 from vae import build_vae
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # ----------------------------------------------------------------------------- config
 if len(sys.argv) < 2:
     sys.exit("usage: [torchrun ...] train.py CONFIG.py [--key=value ...]")
 cfg = load_config(sys.argv[1], sys.argv[2:])
 run_dir = os.path.join(cfg["outputs"], os.path.splitext(os.path.basename(sys.argv[1]))[0])
+if cfg["plugin"] not in ("zero2", "zero2-seq") or (cfg["plugin"] == "zero2") != (cfg["sp_size"] == 1):
+    sys.exit(f"plugin={cfg['plugin']!r} with sp_size={cfg['sp_size']}: use plugin='zero2' (ZeRO-2) with sp_size=1, or "
+             "plugin='zero2-seq' (ZeRO-2 + Ulysses sequence parallelism) with sp_size > 1")
 
 # ----------------------------------------------------------------------------- distributed
 ctx = parallel.setup(cfg["sp_size"])
