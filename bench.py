@@ -105,8 +105,8 @@ def build_encoders(args, device, dtype):
                                       device=device, micro_batch_size=args.vae_micro_batch)
         t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
                             device=device, dtype=dtype)
-    if not args.plain and args.compile:  # GroupNorm + SiLU between the convolutions: fused, not 3 passes each
-        vae.module.encoder.compile()
+    if not args.plain and args.compile:  # as train.py
+        vae.compile_encoder()
     return vae, t5
 
 
@@ -118,25 +118,16 @@ def build(args, latent, device, dtype, train, fast):
         m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=args.caption_channels,
                               model_max_length=120, dtype=dtype)
     m = m.to(device, dtype).train(train)
-    if fast:
-        speedup(m, args)
+    if fast and args.compile:  # as train.py and sample.py
+        m.compile_blocks()
     return m
 
 
 def set_path(fast):
-    """Plain path: SDPA for every attention, eager. Fast: short temporal attention written out (model.SHORT_KEYS),
-    cuDNN autotuning for the VAE's convolutions, each block compiled (speedup)."""
+    """Plain path: SDPA for every attention, eager. Fast (train.py's and sample.py's on CUDA): short temporal attention
+    written out (model.SHORT_KEYS), cuDNN autotuning for the VAE's convolutions, blocks compiled (build)."""
     stdit.SHORT_KEYS = 32 if fast else 0
     torch.backends.cudnn.benchmark = fast
-
-
-def speedup(m, args):
-    """The fast path's compilation: each block (all 28 share one graph; block 0 gets a second, with the temporal
-    table) and the final layer."""
-    if args.compile:
-        for block in m.blocks:
-            block.compile()
-        m.final_layer.compile()
 
 
 # ----------------------------------------------------------------------------- rows

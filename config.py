@@ -13,17 +13,17 @@ import torch
 DEFAULTS = dict(
     # data
     num_frames=16, frame_interval=3, image_size=(256, 256), root=None, data_path=None,
-    use_image_transform=False, num_workers=4, cache_dir=None, make_shapes=0,
+    use_image_transform=False,  # v1.0's key, accepted and unused: an image row is recognised by its extension
+    num_workers=4, cache_dir=None, make_shapes=0,
     # model and encoders (dicts with a `type`)
     model=None, vae=None, text_encoder=None, scheduler=None, sample_scheduler=None,
     # run
-    dtype="bf16", grad_checkpoint=False, plugin="zero2", sp_size=1, seed=42, outputs="outputs",
+    dtype="bf16", compile=True, grad_checkpoint=False, plugin="zero2", sp_size=1, seed=42, outputs="outputs",
     wandb=False, tensorboard=False, epochs=1000, max_steps=None, log_every=10, ckpt_every=1000,
     load=None, batch_size=8, lr=2e-5, grad_clip=1.0, weight_decay=0.0, ema_decay=0.9999,
-    max_bad_steps=10, sample_every=0,
-    # sampling
+    max_bad_steps=10,
+    # sampling (prompt, a string or a list, comes before prompt_path as in v1.0)
     fps=8, prompt_path=None, prompt=None, save_dir="samples", ckpt=None, eval_prompts=None,
-    judge=False,
 )
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # a config's dtype (GPU; CPU: fp32)

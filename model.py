@@ -30,7 +30,7 @@ def use_flash(q):
     return flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
-SHORT_KEYS = 32  # up to this many keys and no mask: attention written out (bench.py --check compares; 0 = never)
+SHORT_KEYS = 32  # up to this many keys and no mask: attention written out (0 = never)
 
 
 def attention(q, k, v, mask=None):
@@ -38,7 +38,8 @@ def attention(q, k, v, mask=None):
 
     Every attention of the model goes through here: flash-attn when importable and the tensors are CUDA fp16/bf16,
     else torch SDPA; a short unmasked key sequence (the temporal attention over T frames) is written out instead:
-    flash/cuDNN kernels tile 64-128 keys and spend most of their time on padding there (bench_notes.md). mask (B, M) bool: the keys each sample may attend to. v1.0 packs each sample's kept caption tokens
+    flash/cuDNN kernels tile 64-128 keys and spend most of their time on padding there (bench.py --check compares).
+    mask (B, M) bool: the keys each sample may attend to. v1.0 packs each sample's kept caption tokens
     (mask != 0, any positions) under a block-diagonal mask; a key-padding mask gives the same softmax, key order does
     not matter (stdit_pipeline_ref.pt out_nonprefix). A sample with no kept key gets zeros (v1.0's empty block), no NaN.
     """
@@ -208,8 +209,8 @@ class STDiT(nn.Module):
     weights); the output is float32. freeze: "not_temporal" trains only the temporal attentions, "text" freezes the
     cross-attentions. Accepted, no effect: no_temporal_pos_emb (v1.0 ignores it too), enable_flashattn (`attention`
     takes flash-attn when importable), enable_layernorm_kernel (torch's LayerNorm), enable_sequence_parallelism
-    (parallel.py does that work). `model.grad_checkpointing = True` recomputes each block in the backward pass, an int n only the first n
-    (selective: as many as memory needs, bench.py finds the fewest).
+    (parallel.py does that work). `model.grad_checkpointing = True` recomputes each block in the backward pass, an
+    int n only the first n (selective: as many as memory needs, bench.py finds the fewest).
     """
 
     def __init__(self, input_size=(1, 32, 32), in_channels=4, patch_size=(1, 2, 2), hidden_size=1152, depth=28,
@@ -265,6 +266,15 @@ class STDiT(nn.Module):
                 self.final_layer.linear]:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+
+    def compile_blocks(self):
+        """torch.compile each block (all share one graph, block 0 has a second with the temporal table) and the final
+        layer: LayerNorm, modulation, gates and GELU fuse into a few kernels around the matmuls. train.py and
+        sample.py call it on CUDA (cfg["compile"]); bench.py measures it and --check compares it with eager."""
+        for block in self.blocks:
+            block.compile()
+        self.final_layer.compile()
+        return self
 
     def forward(self, x, timestep, y, mask=None):
         """x (B, C_in, T, H, W), timestep (B,) float or int, y (B, 1, L, caption_channels), mask (B, L) or (B, 1, 1, L)

@@ -59,8 +59,10 @@ def main():
     parser.add_argument("--save_dir")
     args, overrides = parser.parse_known_args()
     cfg = load_config(args.config, overrides)
-    prompt_path = args.prompt_path or (None if args.prompts else cfg["prompt_path"])
     prompts = list(args.prompts)
+    if not prompts and not args.prompt_path and cfg["prompt"]:
+        prompts = [cfg["prompt"]] if isinstance(cfg["prompt"], str) else list(cfg["prompt"])
+    prompt_path = args.prompt_path or (None if prompts else cfg["prompt_path"])
     if prompt_path:
         with open(prompt_path) as f:
             prompts += [line.strip() for line in f if line.strip()]
@@ -79,6 +81,9 @@ def main():
         model_max_length=text_encoder.model_max_length, dtype=dtype)
     load_checkpoint(model, weights)
     model = model.to(device, dtype).eval()
+    if cfg["compile"] and device.type == "cuda":  # the fast path bench.py measures; CPU runs eager
+        torch.backends.cudnn.benchmark = True
+        model.compile_blocks()
     seed = cfg["seed"] if args.seed is None else args.seed
     for path in generate(cfg, model, vae, text_encoder, prompts, args.save_dir or cfg["save_dir"], seed, device, dtype):
         print(path)

@@ -4,6 +4,7 @@ Fixture tests read the folder named by $FIXTURES (default ../shared/fixtures): t
 when FIXTURES is set but a file is missing. Multi-process tests use gloo through torch.multiprocessing.
 """
 import csv
+import json
 import os
 import pathlib
 import re
@@ -1544,10 +1545,10 @@ TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.
               "--eval_prompts=None"]
 
 
-def run_train(tmp, *args):
+def run_train(tmp, *args, env=None):
     cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), *TINY_TRAIN,
            f"--data_path={tmp}/data/train.csv", f"--cache_dir={tmp}/data/cache", *args]
-    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -1581,6 +1582,26 @@ def test_train_lowers_loss(tmp_path):
     loss = losses(tmp_path / "o/shapes")
     first, last = sum(loss[s] for s in range(1, 6)) / 5, sum(loss[s] for s in range(36, 41)) / 5
     assert last < 0.7 * first, (first, last)  # measured 0.98 -> 0.54
+
+
+WANDB_STUB = """import json
+def init(**kwargs):
+    open("wandb_calls.jsonl", "a").write(json.dumps(dict(init=sorted(kwargs))) + "\\n")
+def log(scalars, step):
+    open("wandb_calls.jsonl", "a").write(json.dumps(dict(step=step, **scalars)) + "\\n")
+"""
+
+
+def test_train_logs_to_wandb(tmp_path):
+    """--wandb=True: wandb.init once, then wandb.log every log_every steps with the loss that loss.txt holds (a stub
+    wandb module stands in for the real one, which needs an account)."""
+    (tmp_path / "stub").mkdir()
+    (tmp_path / "stub/wandb.py").write_text(WANDB_STUB)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "stub"))
+    run_train(tmp_path, "--max_steps=4", "--log_every=2", "--wandb=True", f"--outputs={tmp_path}/o", env=env)
+    calls = [json.loads(line) for line in open(tmp_path / "wandb_calls.jsonl")]
+    assert "config" in calls[0]["init"] and [c["step"] for c in calls[1:]] == [2, 4]
+    assert [c["loss"] for c in calls[1:]] == [losses(tmp_path / "o/shapes")[s] for s in (2, 4)]
 
 
 def test_checkpoint_write_interrupted_keeps_previous(tmp_path, monkeypatch):

@@ -35,6 +35,8 @@ device = ctx.device
 dtype = DTYPES[cfg["dtype"]] if device.type == "cuda" else torch.float32  # CPU trains in fp32
 log = print if ctx.is_main else (lambda *a, **k: None)
 os.makedirs(run_dir, exist_ok=True)
+if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN autotuning for the VAE's convolutions
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
 
 # ----------------------------------------------------------------------------- data
 if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
@@ -68,6 +70,9 @@ model = build_model(
     caption_channels=data.caption_channels(cfg, text_encoder), model_max_length=cfg["text_encoder"]["model_max_length"],
     dtype=dtype, enable_sequence_parallelism=ctx.sp_size > 1).to(device, dtype).train()
 model.grad_checkpointing = cfg["grad_checkpoint"]
+if cfg["compile"] and device.type == "cuda" and ctx.sp_size == 1:  # bench.py's fast path. CPU: eager; sequence
+    model.compile_blocks()  # parallel: eager too (the all-to-all inside the blocks is not traced, nor tested compiled)
+    vae.compile_encoder()
 if ctx.sp_size > 1:
     parallel.enable_sequence_parallel(model, ctx.sp_group)
 ema = build_model(cfg["model"] | dict(from_pretrained=None), input_size=latent_size, in_channels=vae.out_channels,
@@ -120,6 +125,20 @@ def encode(batch):
         return x, text_encoder.encode(batch["text"])
 
 
+# ----------------------------------------------------------------------------- loggers (optional, rank 0)
+loggers = []  # each called with (step, dict of scalars) every log_every steps, beside outputs/<run>/loss.txt
+try:
+    if cfg["wandb"] and ctx.is_main:
+        import wandb
+        wandb.init(project="nanosora", name=os.path.basename(run_dir), config=cfg, resume="allow")
+        loggers.append(lambda s, scalars: wandb.log(scalars, step=s))
+    if cfg["tensorboard"] and ctx.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        loggers.append(lambda s, scalars: [writer.add_scalar(k, v, s) for k, v in scalars.items()])
+except ImportError as e:
+    sys.exit(f"wandb/tensorboard is on in the config but cannot be imported ({e}): pip install it or turn it off")
+
 # ----------------------------------------------------------------------------- loop
 max_steps = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
 bad_steps = bad_in_a_row = 0
@@ -155,6 +174,8 @@ while step < max_steps:
                     f.write(f"{step} {loss_avg!r}\n")
             rate = (step - n_last) * cfg["batch_size"] * ctx.dp_size / (time.time() - t_last)
             t_last, n_last = time.time(), step
+            for log_scalars in loggers:
+                log_scalars(step, dict(loss=loss_avg, grad_norm=grad_norm, samples_per_s=rate))
             bar.set_postfix(loss=f"{loss_avg:.4f}", epoch=epoch, gnorm=f"{grad_norm:.2f}",
                             skipped=data.skipped_count(dataset) + bad_steps, samples_s=f"{rate:.1f}")
         bar.update(1)

@@ -69,6 +69,10 @@ class VideoAutoencoderKL(nn.Module):
     def get_latent_size(self, input_size):
         return latent_size(input_size, self.patch_size)
 
+    def compile_encoder(self):
+        """torch.compile the encoder: its GroupNorm + SiLU between the convolutions fuse (train.py on CUDA)."""
+        self.module.encoder.compile()
+
     def frames(self, fn, x):
         """Apply fn to every frame of x (B, C, T, H, W), micro_batch_size frames at a time."""
         B, C, T, H, W = x.shape
@@ -103,6 +107,9 @@ class IdentityVAE(nn.Module):
 
     def get_latent_size(self, input_size):
         return latent_size(input_size, self.patch_size)
+
+    def compile_encoder(self):  # nothing to compile
+        pass
 
     def encode(self, x, sample=True):
         return x
