@@ -41,11 +41,11 @@ CAPTION = ("a drone shot of waves breaking on a rocky coast at sunset, seagulls 
            "slowly moving along the cliffs")  # ByT5-style byte tokens: padded/truncated to L = 120 like T5's
 
 ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits of a list), online encoding
-    "t256": dict(kind="train", frames=16, size=256, batch=8, ckpt=[0, 8, 14, 20, 28], online=True, steps=8),
+    "t256": dict(kind="train", frames=16, size=256, batch=8, ckpt=[0, 2, 4, 8, 14, 20, 28], online=True, steps=8),
     "c256": dict(kind="train", frames=16, size=256, batch=8, ckpt=[0, 8, 14, 20, 28], online=False, steps=8),
     "c512": dict(kind="train", frames=16, size=512, batch=2, ckpt=[0, 8, 14, 20, 28], online=False, steps=6),
-    "t512": dict(kind="train", frames=16, size=512, batch=2, ckpt=[0, 8, 14, 20, 28], online=True, steps=6),
-    "t64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[16, 20, 24, 28], online=True, steps=4),
+    "t512": dict(kind="train", frames=16, size=512, batch=2, ckpt=[0, 2, 4, 8, 14, 20, 28], online=True, steps=6),
+    "t64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[10, 12, 14, 16, 20, 24, 28], online=True, steps=4),
     "s256": dict(kind="sample", frames=16, size=256, sampler="dpm-solver", steps=20, repeat=3),
     "s512": dict(kind="sample", frames=16, size=512, sampler="dpm-solver", steps=20, repeat=2),
     "i256": dict(kind="sample", frames=16, size=256, sampler="iddpm", steps=100, repeat=1),
