@@ -40,7 +40,7 @@ def space_timesteps(num_steps, respacing):
     kept, start = [], 0
     for i, count in enumerate(counts):  # the steps are cut into len(counts) equal sections, the first ones 1 longer
         size = num_steps // len(counts) + (i < num_steps % len(counts))
-        if not 0 < count <= size:
+        if not 0 <= count <= size:  # a section may keep no step at all, as in the original
             raise ValueError(f"timestep_respacing={respacing!r}: cannot take {count} steps from a section of {size}")
         stride = (size - 1) / (count - 1) if count > 1 else 1
         # Quirk kept: a running float sum rounded with Python's round (half to even): 5 of 6 steps keeps

@@ -602,6 +602,7 @@ def test_respacing_rules():
     assert space_timesteps(1000, "") == list(range(1000))
     assert space_timesteps(1000, "ddim10") == list(range(0, 1000, 100))
     assert space_timesteps(100, "2,3") == [0, 49, 50, 74, 99]  # two sections of 50
+    assert space_timesteps(100, "0,2") == [50, 99]  # a section may keep nothing
     assert IDDPM(num_sampling_steps=10).timestep_map == IDDPM(timestep_respacing="10").timestep_map
     assert IDDPM().num_timesteps == 1000
     d = IDDPM(num_sampling_steps=2)
