@@ -49,17 +49,20 @@ def to_uint8(frames):
 
 
 def write_video(path, frames, fps=8, crf=10):
-    """Write frames (see to_uint8) as an H.264 mp4 (yuv420p) and return path. Odd sizes are padded by repeating the
-    last row / column (yuv420p needs even ones). crf 10 (default 23) keeps small pure-colour clips faithful: the
-    loss left is yuv420p's half-resolution chroma at colour edges. Atomic: a temporary file renamed into place."""
+    """Write frames (see to_uint8) as an H.264 mp4 and return path. Odd sizes are padded by repeating the last row /
+    column (yuv420p needs even ones). crf 10 (default 23) keeps small pure-colour clips faithful. yuv420p stores the
+    colour at half resolution; below 32 pixels that blurs a whole 2x2-pixel shape with its black surroundings (an 8x8
+    demo sample's blue read back at 126 through yuv420p, 194 through yuv444p), so tiny videos keep full-resolution
+    colour (yuv444p: ffmpeg-based players show it, some browsers do not). Atomic: written to a temporary name."""
     frames = to_uint8(frames)
     T, H, W, _ = frames.shape
+    pix_fmt = "yuv444p" if min(H, W) < 32 else "yuv420p"
     frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.mp4"  # the extension picks the container
     with av.open(tmp, "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, pix_fmt
         stream.options = {"crf": str(crf)}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))

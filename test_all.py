@@ -961,6 +961,16 @@ def test_write_read_video(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["a.mp4", "b.mp4", "odd.mp4"]  # no temporary left behind
 
 
+def test_tiny_video_keeps_its_colour(tmp_path):
+    """A 2x2 blue square in an 8x8 frame (the demo's samples): half-resolution chroma (yuv420p) would average its
+    colour with the black around it; tiny videos are written with full-resolution chroma."""
+    frames = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    frames[:, 3:5, 3:5, 2] = 255
+    back = data.read_video(data.write_video(str(tmp_path / "tiny.mp4"), frames))
+    assert back[:, 3:5, 3:5, 2].min() >= 200 and back[:, 3:5, 3:5, :2].max() <= 40
+    assert data.judge_clip(back, "a blue square moving up")["colour"] == "blue"
+
+
 # ----------------------------------------------------------------------------- clips
 def test_frame_interval_and_window(tmp_path):
     total, n, k = 32, 4, 3
