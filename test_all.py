@@ -826,6 +826,8 @@ def test_identity_vae_round_trip():
     assert vae.out_channels == 3 and vae.patch_size == (1, 1, 1)
     assert vae.get_latent_size((3, 8, 8)) == [3, 8, 8]
     assert torch.equal(vae.decode(vae.encode(x)), x)
+    scaled = V.build_vae(dict(type="identity", scale=4.0))  # the demo's: pixels x4 (a power of 2: exact)
+    assert torch.equal(scaled.encode(x), 4 * x) and torch.equal(scaled.decode(scaled.encode(x)), x)
 
 
 def test_vae_latent_size_not_divisible(tiny_vae):

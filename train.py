@@ -186,6 +186,8 @@ while step < max_steps:
     else:  # epoch finished
         epoch, start = epoch + 1, 0
 bar.close()
+if cfg["tensorboard"] and ctx.is_main:
+    writer.close()
 
 # ----------------------------------------------------------------------------- samples at the end
 if cfg["eval_prompts"] and ctx.is_main:
