@@ -365,7 +365,8 @@ def enable_sequence_parallel(model, group):
 
     def split_frames(x):  # (B, T, ...) -> (B, T/sp, ...)
         if x.shape[1] % n:
-            raise ValueError(f"sequence parallel: {x.shape[1]} latent frames (T) are not divisible by sp_size {n}")
+            raise ValueError(f"sequence parallel: {x.shape[1]} frame tokens (latent frames / patch_size[0]) are not "
+                             f"divisible by sp_size {n}")
         return split_sequence(x, 1, group)
 
     model.split_frames = split_frames

@@ -1433,7 +1433,7 @@ def test_sequence_parallel_primitives(tmp_path):
     for r in res:
         assert r["a2a_roundtrip"]
         assert "3 attention heads are not divisible by sp_size 2" in r["heads"]
-        assert "3 latent frames (T) are not divisible by sp_size 2" in r["frames"]
+        assert "3 frame tokens (latent frames / patch_size[0]) are not divisible by sp_size 2" in r["frames"]
         assert "num_heads 1 is not divisible by sp_size 2" in r["model_heads"]
 
 
@@ -1655,7 +1655,8 @@ def test_train_torchrun_zero2_seq_two_ranks(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), *TINY_TRAIN, "--plugin=zero2-seq", "--sp_size=2",
            f"--data_path={tmp_path}/data/train.csv", f"--cache_dir={tmp_path}/data/cache", "--max_steps=3",
-           f"--outputs={tmp_path}/o", "--model.num_heads=2"]
+           f"--outputs={tmp_path}/o", "--model.num_heads=2",
+           "--model.patch_size=(1, 2, 2)"]  # frames split over the 2 ranks: 1-frame patches
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert sorted(losses(tmp_path / "o/shapes")) == [1, 2, 3]
