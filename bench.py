@@ -8,8 +8,12 @@
 
 Rows (train.py's step: encode, IDDPM training_losses, backward, ZeroAdamW step, EMA; data loading not included):
 t256 / c256 train 16x256 with VAE + T5 encoding in the step / from cached latents and caption embeddings; t512 / c512
-the same at 16x512; t64 train 64x512 online with gradient checkpointing; s256 / s512 sample one video (T5, 20 DPM-Solver
+the same at 16x512; t64 / c64 train 64x512 online / cached with gradient checkpointing; l360 a long clip (360x512,
+cached, all blocks recomputed), for sequence parallelism; s256 / s512 sample one video (T5, 20 DPM-Solver
 steps with guidance, VAE decode; model build excluded), i256 / i512 the same with 100 IDDPM steps.
+Under torchrun the train rows run train.py's distributed step (ZeroAdamW over all ranks, Ulysses when sp_size > 1),
+`batch` samples per sequence-parallel group, and every rate is per GPU. Cached rows draw random caption embeddings
+(T5-XXL's width, all 120 tokens): no encoder is built unless a row needs one.
 Columns: samples/s (videos/s for sampling), latent tokens/s through the model, the model's TFLOP/s counted
 analytically (flops() below: matmuls + attention, training x3; checkpoint recomputation NOT counted; VAE and T5 not
 counted), MFU against the bf16 matmul rate measured here (8192^3), peak allocated memory.
@@ -23,6 +27,7 @@ import statistics
 import time
 
 import torch
+import torch.distributed as dist
 
 import diffusion
 import model as stdit
@@ -46,13 +51,16 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
     "c512": dict(kind="train", frames=16, size=512, batch=2, ckpt=[0, 8, 14, 20, 28], online=False, steps=6),
     "t512": dict(kind="train", frames=16, size=512, batch=2, ckpt=[0, 2, 4, 8, 14, 20, 28], online=True, steps=6),
     "t64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[10, 12, 14, 16, 20, 24, 28], online=True, steps=4),
+    "c64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[10, 12, 14, 16, 20, 24, 28], online=False, steps=4),
+    "l360": dict(kind="train", frames=360, size=512, batch=1, ckpt=[28], online=False, steps=2),
     "s256": dict(kind="sample", frames=16, size=256, sampler="dpm-solver", steps=20, repeat=3),
     "s512": dict(kind="sample", frames=16, size=512, sampler="dpm-solver", steps=20, repeat=2),
     "i256": dict(kind="sample", frames=16, size=256, sampler="iddpm", steps=100, repeat=1),
     "i512": dict(kind="sample", frames=16, size=512, sampler="iddpm", steps=100, repeat=1),
 }
 NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "c512": "train 16x512 cached", "t512": "train 16x512 online",
-         "t64": "train 64x512 online ckpt", "s256": "sample 16x256 dpm20+cfg", "s512": "sample 16x512 dpm20+cfg",
+         "t64": "train 64x512 online ckpt", "c64": "train 64x512 cached ckpt", "l360": "train 360x512 cached ckpt",
+         "s256": "sample 16x256 dpm20+cfg", "s512": "sample 16x512 dpm20+cfg",
          "i256": "sample 16x256 iddpm100", "i512": "sample 16x512 iddpm100"}
 
 
@@ -114,11 +122,14 @@ def build(args, latent, device, dtype, train, fast):
     cfg = dict(type="STDiT-XL/2", space_scale=0.5 if latent[1] <= 32 else 1.0)
     if args.tiny:
         cfg.update(depth=2, hidden_size=64, num_heads=4)
+    torch.manual_seed(0)  # the same weights on every rank (ZeroAdamW checks)
     with on(device):
         m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=args.caption_channels,
-                              model_max_length=120, dtype=dtype)
+                              model_max_length=120, dtype=dtype, enable_sequence_parallelism=args.ctx.sp_size > 1)
     m = m.to(device, dtype).train(train)
-    if fast and args.compile:  # as train.py and sample.py
+    if args.ctx.sp_size > 1:  # as train.py: Ulysses, eager
+        parallel.enable_sequence_parallel(m, args.ctx.sp_group)
+    elif fast and args.compile:  # as train.py and sample.py
         m.compile_blocks()
     return m
 
@@ -141,37 +152,71 @@ def encode(vae, t5, batch, dtype):
 
 def train_row(args, row, vae, t5, device, dtype):
     B, F, size = row["batch"], row["frames"], row["size"]
-    latent = vae.get_latent_size((F, size, size))
+    latent = vaes.latent_size((F, size, size), (1, 8, 8))  # SD_VAE and TINY_VAE: 8x in space
     model = build(args, latent, device, dtype, train=True, fast=not args.plain)
     model.grad_checkpointing = row["ckpt"]
-    opt = parallel.ZeroAdamW(model.named_parameters(), lr=2e-5)  # one process: AdamW on fp32 master weights
-    ema = [p.detach().float() for p in model.parameters()]  # train.py's fp32 EMA (a copy, not a second model)
+    opt = parallel.ZeroAdamW(model.named_parameters(), lr=2e-5)  # sharded over all ranks; one process: plain AdamW
     scheduler = diffusion.build_scheduler(dict(type="iddpm", timestep_respacing=""))
+    torch.manual_seed(args.ctx.dp_rank)  # as train.py: the ranks of a sequence-parallel group draw the same t, noise
     if row["online"]:
         batch = dict(video=torch.rand(B, 3, F, size, size, device=device) * 2 - 1, text=[CAPTION] * B)
-    else:
-        enc = t5.encode([CAPTION] * B)
-        batch = dict(latent=torch.randn(B, 4, *latent, device=device, dtype=dtype), y=enc["y"], mask=enc["mask"])
-        t5.model.to("cpu")  # train.py with a latent cache builds no T5: its 9.5 GB are not part of this row
+    else:  # train.py with a latent cache builds no encoder
+        batch = dict(latent=torch.randn(B, 4, *latent, device=device, dtype=dtype),
+                     y=torch.randn(B, 1, 120, args.caption_channels, device=device, dtype=dtype),
+                     mask=torch.ones(B, 120, dtype=torch.long, device=device))
 
     def step():
         x, kwargs = encode(vae, t5, batch, dtype)
         t = torch.randint(0, scheduler.num_timesteps, (B,), device=device)
-        loss = scheduler.training_losses(model, x, t, kwargs)["loss"].mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step(1.0)
-        with torch.no_grad():  # train.py's EMA update
-            for e, p in zip(ema, model.parameters()):
-                e.lerp_(p.float(), 1 - 0.9999)
-        return loss
+        return train_step(model, opt, scheduler, x, t, kwargs)
 
-    return step, dict(per_call=B, flops=flops(model, latent, 120, train=True), ntok=model_tokens(model, latent))
+    sp = args.ctx.sp_size  # an SP group of sp GPUs trains on B samples a step: B / sp per GPU
+    return step, dict(per_call=B / sp, flops=flops(model, latent, 120, train=True), ntok=model_tokens(model, latent))
+
+
+def train_step(model, opt, scheduler, x, t, kwargs, noise=None):
+    """train.py's step: IDDPM loss, backward (gradients reduce-scattered on the way), ZeroAdamW update, EMA."""
+    loss = scheduler.training_losses(model, x, t, kwargs, noise=noise)["loss"].mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step(1.0)
+    opt.update_ema(0.9999)
+    return loss
+
+
+def loss_curve(args, device, dtype):
+    """--losses N: N training steps of one cached row at a FIXED global batch (the row's batch, split over the
+    data-parallel ranks), every sample, timestep and noise drawn from a per-step seed on the CPU, caption dropout off:
+    the same run on any number of GPUs, up to rounding. Prints (and --losses_out writes) the global mean loss a step."""
+    ctx, name = args.ctx, args.rows.split(",")[0]
+    row = ROWS[name]
+    B, latent = row["batch"], vaes.latent_size((row["frames"], row["size"], row["size"]), (1, 8, 8))
+    if B % ctx.dp_size:
+        raise ValueError(f"--losses: global batch {B} of row {name} is not divisible by {ctx.dp_size} data-parallel ranks")
+    b, lo = B // ctx.dp_size, ctx.dp_rank * (B // ctx.dp_size)
+    model = build(args, latent, device, dtype, train=True, fast=not args.plain)
+    model.grad_checkpointing = row["ckpt"][0] if isinstance(row["ckpt"], list) else row["ckpt"]
+    model.y_embedder.dropout_prob = 0.0  # its draw would depend on the local batch size
+    opt = parallel.ZeroAdamW(model.named_parameters(), lr=args.lr)
+    scheduler = diffusion.build_scheduler(dict(type="iddpm", timestep_respacing=""))
+    losses = []
+    for i in range(args.losses):
+        g = torch.Generator().manual_seed(1000 + i)
+        x0, noise = (torch.randn(B, 4, *latent, generator=g) for _ in range(2))
+        y = torch.randn(B, 1, 120, args.caption_channels, generator=g)
+        t = torch.randint(0, scheduler.num_timesteps, (B,), generator=g)
+        x0, noise, y, t = (v[lo:lo + b].to(device) for v in (x0, noise, y, t))
+        kwargs = dict(y=y.to(dtype), mask=torch.ones(b, 120, dtype=torch.long, device=device))
+        loss = train_step(model, opt, scheduler, x0.to(dtype), t, kwargs, noise=noise.to(dtype))
+        losses.append(parallel.all_reduce_mean(loss))  # SP peers hold the same loss; equal local batches: the mean
+        args.log(f"step {i + 1} loss {losses[-1]:.6f}", flush=True)
+    if args.losses_out and ctx.is_main:
+        with open(args.losses_out, "w") as f:
+            f.write("".join(f"{v!r}\n" for v in losses))
 
 
 def sample_row(args, row, vae, t5, device, dtype):
-    F, size = row["frames"], row["size"]
-    latent = vae.get_latent_size((F, size, size))
+    latent = vaes.latent_size((row["frames"], row["size"], row["size"]), (1, 8, 8))
     model = build(args, latent, device, dtype, train=False, fast=not args.plain)
     t5.y_embedder = model.y_embedder
     scheduler = diffusion.build_scheduler(dict(type=row["sampler"], num_sampling_steps=row["steps"], cfg_scale=7.0))
@@ -279,8 +324,14 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke test)")
     parser.add_argument("--profile", help="a row to profile (top kernels) after the table")
     parser.add_argument("--profile_ckpt", type=int, default=28, help="checkpointed blocks in the profiled row")
+    parser.add_argument("--sp_size", type=int, default=1, help="under torchrun: Ulysses sequence-parallel group size")
+    parser.add_argument("--losses", type=int, default=0, help="N: the loss curve of N steps of the first row instead")
+    parser.add_argument("--losses_out", help="--losses: write the losses here, one a line")
+    parser.add_argument("--lr", type=float, default=2e-5, help="--losses: AdamW learning rate")
     args = parser.parse_args()
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    args.ctx = ctx = parallel.setup(args.sp_size)  # torchrun's environment; plain `python`: one process
+    args.log = log = print if ctx.is_main else (lambda *a, **k: None)
+    device = torch.device("cpu") if args.tiny or not torch.cuda.is_available() else ctx.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     args.caption_channels = TINY_T5["d_model"] if args.tiny else T5_XXL["d_model"]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (loss, AdamW): tf32
@@ -297,54 +348,73 @@ def main():
     set_path(not args.plain)
     if args.check:
         return check(args, device)
+    if args.losses:
+        loss_curve(args, device, dtype)
+        return parallel.cleanup()
 
-    ceiling = matmul_ceiling(device) if device.type == "cuda" else float("nan")
-    t0 = time.perf_counter()
-    vae, t5 = build_encoders(args, device, dtype)
-    print(f"encoders built in {time.perf_counter() - t0:.0f} s; bf16 matmul ceiling {ceiling:.0f} TFLOP/s")
-    lines = []
-    for name in args.rows.split(","):
-        row = ROWS[name]
-        torch.cuda.empty_cache() if device.type == "cuda" else None
-        torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    cuda = device.type == "cuda"
+    ceiling = matmul_ceiling(device) if cuda else float("nan")
+    names = args.rows.split(",")
+    vae = t5 = None
+    if any(ROWS[n]["kind"] == "sample" or ROWS[n].get("online") for n in names):  # T5-XXL only where a row needs it
         t0 = time.perf_counter()
+        vae, t5 = build_encoders(args, device, dtype)
+        log(f"encoders built in {time.perf_counter() - t0:.0f} s")
+    log(f"{ctx.world_size} process(es): dp {ctx.dp_size} x sp {ctx.sp_size}; bf16 matmul ceiling {ceiling:.0f} TFLOP/s")
+    lines = []
+    for name in names:
+        row = ROWS[name]
         train = row["kind"] == "train"
+        cached = train and not row["online"]
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
         r = None
         for ckpt in row["ckpt"] if isinstance(row.get("ckpt"), list) else [row.get("ckpt")]:
+            if t5 is not None and cached:  # train.py with a latent cache builds no T5: its 9.5 GB are not part of this row
+                t5.model.to("cpu")
             try:  # the fewest checkpointed blocks that fit: each one recomputes its forward in the backward pass
                 fn, r = (train_row if train else sample_row)(args, dict(row, ckpt=ckpt), vae, t5, device, dtype)
                 r["times"] = timed(fn, row["steps"] if train else row["repeat"], device, warmup=2 if train else 1)
                 row = dict(row, ckpt=ckpt)
                 break
             except torch.cuda.OutOfMemoryError:  # try the next setting; a row that never fits says so in the table
-                print(f"{NAMES[name]}: OOM with ckpt={ckpt} at {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB",
-                      flush=True)
+                log(f"{NAMES[name]}: OOM with ckpt={ckpt} at {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB",
+                    flush=True)
             finally:
-                t5.model.to(device)
+                if t5 is not None:
+                    t5.model.to(device)
             fn = r = None  # (outside the except clause: its traceback holds the failed step's tensors)
             gc.collect()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
         if r is None:
             lines.append(f"{NAMES[name]:<26}{'OOM':>9}  (batch {row.get('batch')})")
             continue
-        r["samples"] = r["per_call"] / statistics.median(r["times"])
+        r["samples"] = r["per_call"] / statistics.median(r["times"])  # per GPU
         del fn
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"), device=device)
+        if dist.is_initialized():  # the fullest GPU
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         tflops = r["flops"] * r["samples"] / 1e12
         setting = f"b{row['batch']} ck{int(row['ckpt'])}" if row["kind"] == "train" else \
             f"{statistics.median(r['times']):.3f} s"
         line = (f"{NAMES[name]:<26}{setting:>9}{r['samples']:>10.3f}{r['ntok'] * r['samples']:>11.0f}"
-                f"{tflops:>9.1f}{100 * tflops / ceiling:>6.1f}%{peak:>9.1f}")
+                f"{tflops:>9.1f}{100 * tflops / ceiling:>6.1f}%{peak.item():>9.1f}")
         lines.append(line)
-        print(line, f"  [{time.perf_counter() - t0:.0f} s incl. build/compile; step times "
-                    f"{', '.join(f'{t:.3f}' for t in r['times'])}; {r['flops'] / 1e12:.2f} TFLOP/sample]", flush=True)
-    print(f"\n{'row':<26}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}")
-    print("\n".join(lines))
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
-          f"{'plain' if args.plain else 'fast'} path, bf16 ceiling {ceiling:.0f} TFLOP/s, {time.strftime('%Y-%m-%d')}")
+        log(line, f"  [{time.perf_counter() - t0:.0f} s incl. build/compile; step times "
+                  f"{', '.join(f'{t:.3f}' for t in r['times'])}; {r['flops'] / 1e12:.2f} TFLOP/sample]", flush=True)
+    per = " per GPU" if ctx.world_size > 1 else ""
+    log(f"\n{'row':<26}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}{per}")
+    log("\n".join(lines))
+    log(f"torch {torch.__version__}, {ctx.world_size} x {torch.cuda.get_device_name() if cuda else 'cpu'} (dp "
+        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path, bf16 ceiling {ceiling:.0f} "
+        f"TFLOP/s, {time.strftime('%Y-%m-%d')}")
     if args.profile:
         profile(args, args.profile, vae, t5, device, dtype)
+    parallel.cleanup()
 
 
 def profile(args, name, vae, t5, device, dtype):

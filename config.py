@@ -2,10 +2,13 @@
 
 load_config("configs/16x256.py", ["--batch_size=4", "--model.depth=2"]) -> dict
 Every key must be one of DEFAULTS (an Open-Sora v1.0 config file loads as is); a typo is an error
-that names it, in the file or on the command line. Override values are parsed as Python literals
-and fall back to plain strings (--outputs=runs/a).
+that names it, in the file or on the command line. A nested override (--model.depth=2) must name a key of
+the file's dict or a keyword of the class its `type` names. Override values are parsed as Python literals
+and fall back to plain strings (--outputs=runs/a); like nanoGPT's configurator, a value of another type
+than the one it replaces is an error (--max_steps=ten), except an int for a float or a bool and None.
 """
 import ast
+import inspect
 import runpy
 
 import torch
@@ -36,6 +39,24 @@ def parse_value(text):
         return text
 
 
+def same_type(old, new):
+    """May `new` replace `old`? The same type, None either way, or an int for a float (--lr=1) or for a bool
+    (grad_checkpoint is True or a number of blocks)."""
+    return old is None or new is None or type(new) is type(old) or (type(new) is int and type(old) in (float, bool))
+
+
+def keywords(section, kind):
+    """The keys config dict `section` may take beyond those its file lists: the keyword arguments of the class its
+    `type` names (--model.depth=2 on an STDiT-XL/2 config, whose dict lists no depth)."""
+    import diffusion, model, text, vae  # noqa: E401. Here, not at the top: only for a key the file's dict omits
+    classes = dict(model=dict.fromkeys([*model.MODELS, "STDiT"], model.STDiT), vae=vae.VAES,
+                   text_encoder=text.TEXT_ENCODERS, scheduler=diffusion.SCHEDULERS,
+                   sample_scheduler=diffusion.SCHEDULERS)
+    cls = classes.get(section, {}).get(kind)
+    names = set(inspect.signature(cls).parameters) if cls else set()
+    return names | {"type"} | ({"from_pretrained"} if section == "model" else set())  # build_model takes the weights
+
+
 def load_config(path, overrides=()):
     cfg = dict(DEFAULTS)
     loaded = {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")}
@@ -57,5 +78,12 @@ def load_config(path, overrides=()):
             node = node[p]
         if not parents and leaf not in cfg:
             raise KeyError(f"override --{key}: unknown config key '{leaf}'")
-        node[leaf] = parse_value(value)
+        if parents and leaf not in node and leaf not in keywords(".".join(parents), node.get("type")):
+            kind = f" (type {node['type']!r})" if "type" in node else ""
+            raise KeyError(f"override --{key}: '{leaf}' is not a key of {'.'.join(parents)}{kind} in {path}")
+        new = parse_value(value)
+        if not same_type(node.get(leaf), new):
+            raise TypeError(f"override --{key}={value}: {type(new).__name__} where {path} has "
+                            f"{type(node[leaf]).__name__} {node[leaf]!r}")
+        node[leaf] = new
     return cfg

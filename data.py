@@ -404,11 +404,11 @@ def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
     return inside[..., None] * np.array(COLOURS[colour], dtype=np.uint8)
 
 
-def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8):
-    """Write num toy clips (all 32 captions in turn, random positions and speeds) and out_dir/train.csv (absolute
-    paths, no header); return the CSV's path."""
+def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8, csv_name="train.csv"):
+    """Write num toy clips (all 32 captions in turn, random positions and speeds) and out_dir/csv_name (absolute
+    paths, no header); return the CSV's path. For a config's data_path: out_dir = its folder, csv_name = its name."""
     rng = np.random.default_rng(seed)
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(out_dir or ".", exist_ok=True)  # data_path="train.csv": the current folder
     rows = []
     for n in range(num):
         caption = SHAPES_PROMPTS[n % len(SHAPES_PROMPTS)]
@@ -416,7 +416,7 @@ def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8):
         path = os.path.abspath(os.path.join(out_dir, f"{n:05d}.mp4"))
         write_video(path, shape_clip(colour, shape, direction, rng, num_frames, size), fps)
         rows.append((path, caption))
-    csv_path = os.path.join(out_dir, "train.csv")
+    csv_path = os.path.join(out_dir, csv_name)
     with open(csv_path + ".tmp", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     os.replace(csv_path + ".tmp", csv_path)
@@ -488,7 +488,8 @@ if __name__ == "__main__":
         if not cfg["cache_dir"]:
             sys.exit(f"{sys.argv[2]}: set cache_dir (in the file or --cache_dir=...)")
         if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
-            make_shapes(os.path.dirname(cfg["data_path"]), cfg["make_shapes"])
+            folder, name = os.path.split(cfg["data_path"])
+            make_shapes(folder, cfg["make_shapes"], csv_name=name)
         skipped = build_cache(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
         print(f"{cfg['cache_dir']}: complete ({skipped} rows skipped)")
         sys.exit()

@@ -162,8 +162,10 @@ class IDDPM:
         return dict(mean=self.q_posterior_mean(pred_xstart, x, t), variance=torch.exp(log_variance),
                     log_variance=log_variance, pred_xstart=pred_xstart)
 
-    def p_mean_variance(self, model, x, t, clip_denoised=False, model_kwargs=None):
-        """p(x_{t-1} | x_t) for spaced indices t (B,): dict(mean, variance, log_variance, pred_xstart), each like x."""
+    def p_mean_variance(self, model, x, t, clip_denoised=True, model_kwargs=None):
+        """p(x_{t-1} | x_t) for spaced indices t (B,): dict(mean, variance, log_variance, pred_xstart), each like x.
+        clip_denoised clamps pred_xstart to [-1, 1]: on by default as in v1.0 (pixel-space DDPM's habit), off in
+        sample(), whose latents are not bounded."""
         return self._p_from_output(self._model(model, x, t, model_kwargs or {}), x, t, clip_denoised)
 
     def training_losses(self, model, x_start, t, model_kwargs=None, noise=None):
@@ -184,7 +186,7 @@ class IDDPM:
         return dict(loss=mse + vb, mse=mse, vb=vb)
 
     @torch.no_grad()
-    def p_sample_loop(self, model, shape, noise=None, clip_denoised=False, model_kwargs=None, device=None,
+    def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, model_kwargs=None, device=None,
                       progress=True):
         """Ancestral sampling from x_T = noise (or a fresh randn) down to x_0; returns x_0 of `shape`."""
         if device is None:
@@ -219,7 +221,6 @@ def forward_with_cfg(model, x, timestep, y, cfg_scale, **kwargs):
     """Classifier-free guidance in one model call: x (2n, ...) whose first half is used twice, y = [cond; uncond]."""
     half = x[:len(x) // 2]
     out = model(torch.cat([half, half], 0), timestep, y, **kwargs)  # (2n, 2C, T, H, W)
-    out = out["x"] if isinstance(out, dict) else out
     # Quirk kept: only output CHANNELS 0..2 are guided, a hard-coded [:, :3] from DiT's RGB default. With 4 latent
     # channels the 4th noise channel and all variance channels pass through unguided, each half keeping its own
     # rows (iddpm_ref.pt `cfg`, stdit_pipeline_ref.pt `iddpm`).

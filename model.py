@@ -74,7 +74,7 @@ class SelfAttention(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.attend = attention  # parallel.py wraps this in a Ulysses all-to-all on the temporal attentions
+        self.attend = attention  # parallel.py wraps this in a Ulysses all-to-all (sequence parallelism)
 
     def forward(self, x):
         B, N, C = x.shape
@@ -227,11 +227,10 @@ class STDiT(nn.Module):
         self.in_channels, self.out_channels = in_channels, in_channels * 2 if pred_sigma else in_channels
         self.hidden_size, self.caption_channels, self.model_max_length = hidden_size, caption_channels, model_max_length
         self.space_scale, self.time_scale, self.dtype = space_scale, time_scale, dtype
-        self.enable_sequence_parallelism = enable_sequence_parallelism
         self.grad_checkpointing = False
-        # sequence parallelism: parallel.enable_sequence_parallel replaces these with a split of the frames over the
+        # sequence parallelism: parallel.enable_sequence_parallel replaces these with a split of the tokens over the
         # SP ranks (after the embedding) and the gather back (before the final layer)
-        self.split_frames = self.gather_frames = lambda x: x
+        self.split_tokens, self.gather_tokens = lambda x, tpe: (x, tpe), lambda x: x
         grid = [n // p for n, p in zip(self.input_size, self.patch_size)]
         self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, grid[1], grid[2], space_scale))
         self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, grid[0], time_scale))
@@ -295,10 +294,9 @@ class STDiT(nn.Module):
         t = self.t_embedder.mlp(timestep_embedding(timestep).to(x.dtype))  # (B, C)
         t0 = self.t_block(t)  # (B, 6C), shared by all blocks
         y = self.y_embedder(y).squeeze(1)  # (B, L, C)
-        # sequence parallel: this rank's T/sp frames of every sample (and their temporal table, for block 0). Spatial
-        # attention is frame-local and needs no communication, temporal attention goes through parallel.ulysses,
-        # cross-attention sees the whole caption from any token
-        x, tpe = self.split_frames(x), self.split_frames(tpe)  # (B, T/sp, S, C), (1, T/sp, C)
+        # sequence parallel: this rank's T/sp frames (and their temporal table, for block 0) or, when the frames do not
+        # divide, S/sp tokens of every frame; the attention across the split tokens goes through parallel.ulysses
+        x, tpe = self.split_tokens(x, tpe)  # (B, T/sp, S, C) and (1, T/sp, C), or (B, T, S/sp, C) and (1, T, C)
 
         # blocks
         ckpt = len(self.blocks) if self.grad_checkpointing is True else int(self.grad_checkpointing)
@@ -310,7 +308,7 @@ class STDiT(nn.Module):
                 x = block(*args)
 
         # final layer
-        x = self.gather_frames(x)  # (B, T, S, C)
+        x = self.gather_tokens(x)  # (B, T, S, C)
         x = self.final_layer(x.flatten(1, 2), t)  # (B, N, prod(patch) * C_out)
         return self.unpatchify(x, grid).float()
 

@@ -125,11 +125,13 @@ class ZeroAdamW:
     updated weights. With one process this is plain AdamW on fp32 master weights (train.py has one code path).
 
     Parameters are packed, in order, into buckets of ~bucket_numel elements, each zero-padded to a multiple of the
-    world size; a rank owns the same 1/world slice of every bucket. The gradients are reduced bucket by bucket AFTER
-    backward (no overlap: hooks firing in autograd order would have to launch collectives in the same order on every
-    rank; not worth it here). Each bucket's full gradients are freed once reduced, so only 1/world of the gradient
-    survives into the update; the peak at the end of backward still holds them all. Reduction and all-gather run in
-    fp32 even for bf16 models (exact averages; twice the bytes of bf16).
+    world size; a rank owns the same 1/world slice of every bucket. DURING backward, as soon as the last gradient of a
+    bucket has been accumulated (a post-accumulate-grad hook), the bucket's gradients are flattened to fp32, freed, and
+    reduce-scattered asynchronously while autograd goes on with the next bucket; so at most two full buckets are alive
+    besides the 1/world shards, and the communication overlaps the backward pass. Collectives must run in the same
+    order on every rank: they do, because every rank runs the same graph, so buckets complete in the same order (a
+    bucket some of whose parameters got no gradient is reduced in step(), in bucket order, on every rank alike).
+    Reduction and all-gather run in fp32 even for bf16 models (exact averages; twice the bytes of bf16).
     """
 
     def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, bucket_numel=2**24):
@@ -150,7 +152,12 @@ class ZeroAdamW:
         check_same_everywhere(full)
         self.master = torch.cat([f.chunk(self.world)[self.rank] for f in full]).clone()  # (sum(sizes) / world,) fp32
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.master), torch.zeros_like(self.master)
+        self.ema = self.master.clone()  # EMA of the fp32 master weights, sharded like them (update_ema)
         self.step_count = 0
+        self.zero_grad()
+        for i, bucket in enumerate(self.buckets):
+            for name, p in bucket:
+                p.register_post_accumulate_grad_hook(lambda p, i=i, name=name: self.grad_ready(i, name))
 
     @staticmethod
     def flatten(bucket, tensors, size):
@@ -178,20 +185,45 @@ class ZeroAdamW:
     def zero_grad(self):
         for _, p in self.params:
             p.grad = None
+        self.ready = [set() for _ in self.buckets]  # names whose gradient has arrived, per bucket
+        self.reduced = [None] * len(self.buckets)  # this rank's (size / world,) slice of each bucket's gradient sum
+        self.in_flight = None  # the last async reduce-scatter
+
+    def grad_ready(self, i, name):
+        if self.reduced[i] is not None:
+            raise RuntimeError(f"ZeroAdamW: a second gradient for {name} in one step (gradient accumulation over "
+                               f"several backward passes is not supported: call step() after each backward)")
+        self.ready[i].add(name)
+        if len(self.ready[i]) == len(self.buckets[i]):
+            self.reduce(i)
+
+    def reduce(self, i):
+        """Bucket i's gradients -> fp32 flat -> reduce-scatter (async) into this rank's shard; the full ones freed."""
+        bucket, size = self.buckets[i], self.sizes[i]
+        full = self.flatten(bucket, [torch.zeros_like(p) if p.grad is None else p.grad for _, p in bucket], size)
+        for _, p in bucket:
+            p.grad = None  # ZeRO-2: the full gradient is not kept
+        if self.world == 1:
+            self.reduced[i] = full
+            return
+        self.wait()  # at most one collective in flight: the full flat buckets do not pile up in memory
+        self.reduced[i] = torch.empty(size // self.world, dtype=torch.float32, device=full.device)
+        self.in_flight = reduce_scatter(self.reduced[i], full, async_op=True)
+
+    def wait(self):
+        if self.in_flight is not None:
+            self.in_flight.wait()
+            self.in_flight = None
 
     def step(self, grad_clip=None):
         """Average, clip, update, broadcast. Returns the global gradient norm before clipping (a float); if it is not
         finite, every rank skips the update (the norm is the same number everywhere)."""
-        grads = []
-        for bucket, size in zip(self.buckets, self.sizes):  # (size,) -> this rank's (size / world,) slice of the sum
-            full = self.flatten(bucket, [torch.zeros_like(p) if p.grad is None else p.grad for _, p in bucket], size)
-            for _, p in bucket:
-                p.grad = None  # ZeRO-2: the full gradient is not kept
-            shard = full
-            if self.world > 1:
-                shard = torch.empty(size // self.world, dtype=torch.float32, device=full.device)
-                reduce_scatter(shard, full)
-            grads.append(shard)
+        for i in range(len(self.buckets)):  # buckets whose hooks did not all fire (parameters without a gradient)
+            if self.reduced[i] is None:
+                self.reduce(i)
+        self.wait()
+        grads = self.reduced
+        self.zero_grad()
         grad = torch.cat(grads).div_(self.world)  # mean over DP ranks; over SP ranks see split_sequence
         norm_sq = grad.square().sum()
         if self.world > 1:
@@ -217,31 +249,43 @@ class ZeroAdamW:
         for _, p, value in self.gather(self.master):
             p.copy_(value)  # cast to the model's dtype
 
+    def update_ema(self, decay):
+        """ema = decay * ema + (1 - decay) * master, on this rank's shard: the average of the fp32 weights (as v1.0's,
+        which reads the master weights too), not of their bf16 copies, with no communication."""
+        self.ema.lerp_(self.master, 1 - decay)
+
     def memory_bytes(self):
-        """This rank's optimizer state: fp32 master weights and two moments, 1/world of the (padded) parameters."""
-        return 3 * self.master.numel() * self.master.element_size()
+        """This rank's state: fp32 master weights, two moments and the EMA, 1/world of the (padded) parameters each."""
+        return 4 * self.master.numel() * self.master.element_size()
+
+    def full(self, key):
+        """{name: full fp32 value on the CPU} of 'master', 'exp_avg', 'exp_avg_sq' or 'ema' on rank 0, None elsewhere
+        (every rank must call it: the shards are all-gathered a bucket at a time)."""
+        out = {name: value.to("cpu", copy=True) for name, _, value in self.gather(getattr(self, key)) if self.rank == 0}
+        return out if self.rank == 0 else None
+
+    def load_full(self, key, values):
+        """The inverse of full(): this rank's shard of {name: value}; every trainable parameter must be there."""
+        names = {n for n, _ in self.params}
+        missing, unexpected = sorted(names - set(values)), sorted(set(values) - names)
+        bad = [f"{n} {tuple(values[n].shape)} vs {tuple(p.shape)}" for n, p in self.params
+               if n in values and values[n].shape != p.shape]
+        if missing or unexpected or bad:
+            raise ValueError(f"ZeroAdamW: '{key}' does not fit these parameters: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}, shape mismatch {bad[:5]}")
+        full = [self.flatten(b, [values[n].to(p.device) for n, p in b], size) for b, size in zip(self.buckets, self.sizes)]
+        getattr(self, key).copy_(torch.cat([f.chunk(self.world)[self.rank] for f in full]))
 
     def state_dict(self):
-        """The FULL state on every rank (all-gathered; call it on all ranks), keyed by parameter name, on the CPU: a
-        checkpoint saved with N ranks loads with any other number."""
-        sd = dict(step=self.step_count)
-        for key in ("master", "exp_avg", "exp_avg_sq"):
-            sd[key] = {name: value.to("cpu", copy=True) for name, _, value in self.gather(getattr(self, key))}
-        return sd
+        """The FULL state on rank 0 (None elsewhere; call it on every rank), keyed by parameter name, on the CPU: a
+        checkpoint saved with N ranks loads with any other number. The EMA is saved as a model (train.py)."""
+        sd = dict(step=self.step_count, **{key: self.full(key) for key in ("master", "exp_avg", "exp_avg_sq")})
+        return sd if self.rank == 0 else None
 
     def load_state_dict(self, sd):
         """Take this rank's shard of a full state_dict() and write the master weights into the model."""
         for key in ("master", "exp_avg", "exp_avg_sq"):
-            names = {n for n, _ in self.params}
-            missing, unexpected = sorted(names - set(sd[key])), sorted(set(sd[key]) - names)
-            bad = [f"{n} {tuple(sd[key][n].shape)} vs {tuple(p.shape)}" for n, p in self.params
-                   if n in sd[key] and sd[key][n].shape != p.shape]
-            if missing or unexpected or bad:
-                raise ValueError(f"ZeroAdamW.load_state_dict: '{key}' does not fit these parameters: missing "
-                                 f"{missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {bad[:5]}")
-            full = [self.flatten(b, [sd[key][n].to(p.device) for n, p in b], size)
-                    for b, size in zip(self.buckets, self.sizes)]
-            getattr(self, key).copy_(torch.cat([f.chunk(self.world)[self.rank] for f in full]))
+            self.load_full(key, sd[key])
         self.step_count = int(sd["step"])
         self.copy_master_to_params()
 
@@ -355,22 +399,37 @@ def ulysses(attn_fn, group):
 
 
 def enable_sequence_parallel(model, group):
-    """Split an STDiT's frames over the group's ranks: each holds T/sp frames of every sample after the embedding.
-    Spatial attention is within a frame (no communication), cross-attention sees the whole caption anyway, the temporal
-    attentions go through Ulysses; the frames are gathered again before the final layer."""
+    """Split an STDiT's tokens over the group's ranks after the embedding, gather them before the final layer.
+    Frames when the frame tokens divide by sp (each rank holds T/sp whole frames: spatial attention is frame-local, the
+    temporal attentions go through Ulysses), else spatial rows (each rank holds S/sp tokens of every frame: the spatial
+    attentions go through Ulysses, the temporal ones are local) -- an image or a clip patched into one frame token
+    still splits. Cross-attention sees the whole caption from any token either way. The choice is made per forward
+    (and kept for its backward's recomputation) from the input's shape."""
     n = dist.get_world_size(group)
     heads = model.blocks[0].attn_temp.num_heads
     if heads % n:
         raise ValueError(f"sequence parallel: num_heads {heads} is not divisible by sp_size {n}")
+    T, H, W = (s // p for s, p in zip(model.input_size, model.patch_size))
+    if T % n and (H * W) % n:
+        raise ValueError(f"sequence parallel: neither the {T} frame tokens nor the {H * W} spatial tokens of input_size "
+                         f"{model.input_size} (latent, patch_size {model.patch_size}) are divisible by sp_size {n}")
+    split = dict(dim=1)  # 1: frames, 2: spatial tokens of x (B, T, S, C)
 
-    def split_frames(x):  # (B, T, ...) -> (B, T/sp, ...)
-        if x.shape[1] % n:
-            raise ValueError(f"sequence parallel: {x.shape[1]} frame tokens (latent frames / patch_size[0]) are not "
-                             f"divisible by sp_size {n}")
-        return split_sequence(x, 1, group)
+    def split_tokens(x, tpe):  # x (B, T, S, C), tpe (1, T, C) -> this rank's part of both
+        T, S = x.shape[1:3]
+        if T % n and S % n:
+            raise ValueError(f"sequence parallel: neither {T} frame tokens nor {S} spatial tokens are divisible by "
+                             f"sp_size {n}")
+        split["dim"] = 1 if T % n == 0 else 2
+        return split_sequence(x, split["dim"], group), split_sequence(tpe, 1, group) if split["dim"] == 1 else tpe
 
-    model.split_frames = split_frames
-    model.gather_frames = lambda x: gather_sequence(x, 1, group)
+    def sharded(attend, dim):  # Ulysses when the tokens this attention mixes are split, else the plain call
+        parallel_attend = ulysses(attend, group)
+        return lambda q, k, v: parallel_attend(q, k, v) if split["dim"] == dim else attend(q, k, v)
+
+    model.split_tokens = split_tokens
+    model.gather_tokens = lambda x: gather_sequence(x, split["dim"], group)
     for block in model.blocks:
-        block.attn_temp.attend = ulysses(block.attn_temp.attend, group)
+        block.attn_temp.attend = sharded(block.attn_temp.attend, 1)
+        block.attn.attend = sharded(block.attn.attend, 2)
     return model

@@ -3,12 +3,15 @@
     python sample.py "a red fox in the snow"                          # Open-Sora v1.0 HQ 16x256 weights from the hub
     python sample.py --config configs/sample_16x512.py --prompt_path prompts.txt
     python sample.py --config configs/shapes.py "a red circle moving right" --seed 1
-Any other --key=value overrides the config (e.g. --scheduler.num_sampling_steps=50). Writes one mp4 per prompt
-into save_dir, named from the prompt, and prints the paths.
+Any other --key=value overrides the config (e.g. --scheduler.num_sampling_steps=50). A config with a
+sample_scheduler (configs/shapes.py) samples with that one, so there --scheduler.* is an error: override
+--sample_scheduler.* instead. Writes one mp4 per prompt into save_dir, named from the prompt, and prints the paths.
+Missing weights (or a failed download) are reported in one line before the VAE and T5 load.
 """
 import argparse
 import os
 import re
+import sys
 
 import torch
 from tqdm import tqdm
@@ -16,7 +19,7 @@ from tqdm import tqdm
 from config import DTYPES, load_config
 from data import write_video
 from diffusion import build_scheduler
-from model import build_model, load_checkpoint
+from model import build_model, latest_checkpoint, load_checkpoint, resolve_weights
 from text import build_text_encoder
 from vae import build_vae
 
@@ -71,6 +74,13 @@ def main():
     weights = args.ckpt or cfg["ckpt"] or cfg["model"].get("from_pretrained")
     if not weights:
         parser.error(f"{args.config} names no model weights: pass --ckpt PATH")
+    if cfg["sample_scheduler"] and any(o.startswith(("--scheduler.", "--scheduler=")) for o in overrides):
+        sys.exit(f"{args.config} samples with sample_scheduler (type {cfg['sample_scheduler'].get('type')!r}), not "
+                 "scheduler: override --sample_scheduler.KEY=VALUE instead")
+    try:  # the weights first: a missing file or a failed download must not wait until T5-XXL has loaded
+        weights = latest_checkpoint(resolve_weights(weights))
+    except FileNotFoundError as e:
+        sys.exit(f"sample.py: {e} (--ckpt PATH gives the weights)")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[cfg["dtype"]] if device.type == "cuda" else torch.float32

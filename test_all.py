@@ -408,6 +408,25 @@ def test_forward_with_cfg_matches_original():
     check("forward_with_cfg", out, cfg["out"])
 
 
+def test_iddpm_clips_by_default_but_sample_does_not(monkeypatch):
+    # v1.0: p_mean_variance and p_sample_loop default to clip_denoised=True; its sample() passes False
+    d, f = IDDPM(num_sampling_steps=5), iddpm_fake_model(dict(a=0.6, b=1.1, c=0.8))
+    x = 5 * torch.randn(2, 4, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # pred_xstart well outside [-1, 1]
+    t = torch.full((2,), 4)
+    clipped, raw = d.p_mean_variance(f, x, t)["pred_xstart"], d.p_mean_variance(f, x, t, clip_denoised=False)["pred_xstart"]
+    assert clipped.abs().max() <= 1 < raw.abs().max() and torch.equal(clipped, raw.clamp(-1, 1))
+    torch.manual_seed(0)
+    default = d.p_sample_loop(f, x.shape, noise=x, progress=False)
+    torch.manual_seed(0)
+    assert torch.equal(default, d.p_sample_loop(f, x.shape, noise=x, clip_denoised=True, progress=False))
+    seen, loop = [], d.p_sample_loop
+    monkeypatch.setattr(d, "p_sample_loop", lambda *a, **k: seen.append(k["clip_denoised"]) or loop(*a, **k))
+    text = types.SimpleNamespace(encode=lambda p: dict(y=torch.zeros(len(p), 1, 3, 5)),
+                                 null=lambda n: torch.ones(n, 1, 3, 5))
+    d.sample(lambda x, t, y: f(x, t), text, (4, 1, 2, 2), ["a", "b"], "cpu", progress=False)
+    assert seen == [False]
+
+
 # ---- DPM-Solver++ vs dpms_ref.pt ----
 
 def test_dpm_solver_matches_original():
@@ -530,7 +549,7 @@ def test_iddpm_respaced_sampling_matches_diffusers_ddpm_steps():
     ours = theirs = x
     for i, t in zip(range(d.num_timesteps)[::-1], s.timesteps):
         step_noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(100 + i))
-        p = d.p_mean_variance(f, ours, torch.full((len(x),), i))
+        p = d.p_mean_variance(f, ours, torch.full((len(x),), i), clip_denoised=False)  # diffusers: clip_sample=False
         ours = p["mean"] + (i != 0) * torch.exp(0.5 * p["log_variance"]) * step_noise
         theirs = s.step(f(theirs, torch.full((len(x),), int(t))), int(t), theirs,
                         generator=torch.Generator().manual_seed(100 + i)).prev_sample
@@ -754,11 +773,10 @@ def test_flop_count_matches_torch_counter(short_keys):
 
     import bench
     ref = load_fixture("stdit_tiny_ref.pt")
-    M.SHORT_KEYS = 32
     m = M.STDiT(**ref["config"]).eval()
     x, y = ref["x"], ref["y"]
-    T, H, W = (n // p for n, p in zip(m.input_size, m.patch_size))
-    assert max(T, H * W, y.shape[2]) <= M.SHORT_KEYS  # else this test would not count every attention
+    T, H, W = (n // p for n, p in zip(x.shape[2:], m.patch_size))
+    M.SHORT_KEYS = max(T, H * W, y.shape[2])  # every attention written out, whatever the fixture's sizes
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         m(x, ref["timestep"], y, None)  # no mask: every caption key attends, as bench counts
     counted = counter.get_total_flops() / x.shape[0]
@@ -889,6 +907,15 @@ def test_random_encoders_equal_across_processes(tiny_t5, tiny_vae):
 
 def test_t5_dtype_argument():
     enc = TX.build_text_encoder(TINY_T5, dtype=torch.bfloat16)
+    assert enc.encode(CAPTIONS[:1])["y"].dtype == torch.bfloat16
+
+
+def test_t5_runs_fp16_as_bf16():
+    # T5 v1.1 overflows fp16; v1.0 runs it in bf16 whatever the model's dtype (the fp16 sampling configs)
+    assert TX.t5_dtype(torch.float16) == torch.bfloat16
+    assert TX.t5_dtype(torch.float32) == torch.float32 and TX.t5_dtype(torch.bfloat16) == torch.bfloat16
+    enc = TX.build_text_encoder(TINY_T5, dtype=torch.float16)
+    assert all(p.dtype == torch.bfloat16 for p in enc.model.parameters())
     assert enc.encode(CAPTIONS[:1])["y"].dtype == torch.bfloat16
 
 
@@ -1107,6 +1134,17 @@ def test_shapes_and_judge(tmp_path):
     assert acc["n"] == 1 and acc["both"] == float(expected["colour_ok"] and expected["direction_ok"])
 
 
+def test_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):
+    # a config's data_path may name any CSV file, also one in the current folder (data_path="toy.csv")
+    path = data.make_shapes(str(tmp_path / "s"), 2, num_frames=4, size=8, csv_name="val.csv")
+    assert path == str(tmp_path / "s" / "val.csv")
+    assert sorted(os.listdir(tmp_path / "s")) == ["00000.mp4", "00001.mp4", "val.csv"]  # no train.csv
+    assert [c for _, c in data.read_csv(path)] == data.SHAPES_PROMPTS[:2]
+    monkeypatch.chdir(tmp_path)
+    assert data.make_shapes("", 1, num_frames=4, size=8, csv_name="toy.csv") == "toy.csv"
+    assert len(data.read_csv(str(tmp_path / "toy.csv"))) == 1
+
+
 # ----------------------------------------------------------------------------- the latent cache
 T5 = dict(type="t5", from_pretrained=None, model_max_length=16,
           config=dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
@@ -1283,6 +1321,28 @@ def test_zero_adamw_single_process_is_adamw():
     assert err < 1e-6 and norms == pytest.approx(ref_norms, rel=1e-5) and norms[0] > CLIP
 
 
+def test_zero_adamw_ema_follows_the_fp32_master_weights():
+    """bf16 weights, lr 1e-6: most updates are below bf16's resolution, so the model's weights hardly move, but the
+    fp32 master weights and their EMA do. The EMA must average the master weights, not their bf16 copies."""
+    model = tiny_stdit().bfloat16()
+    model.dtype = torch.bfloat16  # inputs cast to it
+    opt = parallel.ZeroAdamW(model.named_parameters(), **dict(OPT, lr=1e-6))
+    of_master = of_bf16 = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    for step in range(3):
+        opt.zero_grad()
+        loss_fn(model, tiny_batch(step)).backward()
+        opt.step()
+        opt.update_ema(0.5)
+        master = opt.full("master")
+        of_master = {n: 0.5 * of_master[n] + 0.5 * master[n] for n in of_master}
+        of_bf16 = {n: 0.5 * of_bf16[n] + 0.5 * p.detach().float() for n, p in model.named_parameters()}
+    ema = opt.full("ema")
+    err, err_bf16 = (max(rel_err(ema[n], ref[n]) for n in ema) for ref in (of_master, of_bf16))
+    print(f"EMA vs EMA of the master weights {err:.1e}, vs EMA of the bf16 weights {err_bf16:.1e}")
+    assert err < 1e-7 < 1e-5 < err_bf16
+    assert opt.memory_bytes() == 4 * 4 * sum(p.numel() for p in model.parameters())  # master, 2 moments, EMA (fp32)
+
+
 # ----------------------------------------------------------------------------- ZeRO-2 on 2 ranks
 def _zero2_run(ctx, steps):
     model = tiny_stdit()
@@ -1291,9 +1351,8 @@ def _zero2_run(ctx, steps):
     weights = [p.detach().clone() for p in model.parameters()]
     # a non-finite gradient on ONE rank: every rank skips the update and reports the same non-finite norm
     opt.zero_grad()
-    loss_fn(model, tiny_batch(0), slice(2 * ctx.rank, 2 * ctx.rank + 2)).backward()
-    if ctx.rank == 1:
-        next(model.parameters()).grad[0] = float("nan")
+    loss = loss_fn(model, tiny_batch(0), slice(2 * ctx.rank, 2 * ctx.rank + 2))
+    (loss * (float("nan") if ctx.rank == 1 else 1.0)).backward()  # (gradients are reduced during backward)
     bad = opt.step(CLIP)
     unchanged = all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
     return dict(weights=weights, norms=norms, bad=bad, unchanged=unchanged, memory=opt.memory_bytes(),
@@ -1393,7 +1452,10 @@ def _sp_primitives(ctx):
     (o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum().backward()
     out["ulysses"] = (o.detach(), *[_sp_mean(t.grad, g) for t in (q, k, v)])
     for name, call in dict(heads=lambda: parallel.ulysses(attention, g)(*[t[:, :, :3] for t in local]),
-                           frames=lambda: parallel.enable_sequence_parallel(tiny_stdit(), g).split_frames(x[:, :3]),
+                           tokens=lambda: parallel.enable_sequence_parallel(tiny_stdit(), g).split_tokens(
+                               torch.zeros(1, 3, 3, 4), torch.zeros(1, 3, 4)),
+                           model_tokens=lambda: parallel.enable_sequence_parallel(
+                               STDiT(**dict(TINY_ST, input_size=(3, 6, 6))), g),
                            model_heads=lambda: parallel.enable_sequence_parallel(
                                STDiT(**dict(TINY_ST, num_heads=1)), g)).items():
         try:
@@ -1433,7 +1495,8 @@ def test_sequence_parallel_primitives(tmp_path):
     for r in res:
         assert r["a2a_roundtrip"]
         assert "3 attention heads are not divisible by sp_size 2" in r["heads"]
-        assert "3 frame tokens (latent frames / patch_size[0]) are not divisible by sp_size 2" in r["frames"]
+        assert "neither 3 frame tokens nor 3 spatial tokens are divisible by sp_size 2" in r["tokens"]
+        assert "neither the 3 frame tokens nor the 9 spatial tokens of input_size (3, 6, 6)" in r["model_tokens"]
         assert "num_heads 1 is not divisible by sp_size 2" in r["model_heads"]
 
 
@@ -1479,6 +1542,27 @@ def test_sequence_parallel_stdit_sp2(tmp_path):
     _check_sp(res, 2, "STDiT sp 2")
 
 
+def _sp_spatial(ctx):
+    model = parallel.enable_sequence_parallel(tiny_stdit(), ctx.sp_group)
+    x, t, y, mask, target = tiny_batch(0, T=3)
+    pred = model(x, t, y, mask)
+    (pred - target).square().mean().backward()
+    return pred.detach(), [_sp_mean(p.grad, ctx.sp_group) for p in model.parameters()]
+
+
+def test_sequence_parallel_splits_spatial_tokens_when_frames_do_not_divide(tmp_path):
+    """3 frames over 2 ranks: each holds 8 of the 16 spatial tokens of every frame, Ulysses around spatial attention."""
+    res = spawn(_sp_spatial, 2, tmp_path, sp_size=2)
+    model = tiny_stdit()
+    x, t, y, mask, target = tiny_batch(0, T=3)
+    pred = model(x, t, y, mask)
+    (pred - target).square().mean().backward()
+    out_err = max(rel_err(r[0], pred) for r in res)
+    grad_err = max(rel_err(g, p.grad) for r in res for g, p in zip(r[1], model.parameters()))
+    print(f"STDiT sp 2, spatial split vs one process: forward {out_err:.2e}, grads {grad_err:.2e}")
+    assert out_err < 1e-5 and grad_err < 1e-4
+
+
 def test_sequence_parallel_stdit_dp2_sp2(tmp_path):
     res = spawn(_sp_stdit, 4, tmp_path, 2, sp_size=2)
     layouts = [r["layout"] for r in res]
@@ -1508,6 +1592,30 @@ def test_config_unknown_keys(tmp_path):
     bad.write_text("num_frame = 16\n")
     with pytest.raises(KeyError, match="num_frame"):
         load_config(str(bad))
+
+
+def test_config_unknown_nested_keys():
+    for config, arg, name in [("16x256", "--model.depht=2", "depht"), ("16x256", "--scheduler.foo=1", "foo"),
+                              ("16x256", "--vae.scale=2.0", "scale"),  # identity's keyword, not VideoAutoencoderKL's
+                              ("shapes", "--text_encoder.config.d_modle=8", "d_modle")]:
+        with pytest.raises(KeyError, match=f"--{re.escape(arg.split('=')[0][2:])}: '{name}'"):
+            load_config(str(ROOT / f"configs/{config}.py"), [arg])
+    # a keyword of the class that `type` names is known though the file's dict does not list it
+    cfg = load_config(str(ROOT / "configs/16x256.py"), ["--model.depth=2", "--vae.micro_batch_size=4",
+                                                       "--scheduler.num_sampling_steps=5", "--scheduler.cfg_scale=5.0"])
+    assert cfg["model"]["depth"] == 2 and cfg["vae"]["micro_batch_size"] == 4
+    assert cfg["scheduler"]["num_sampling_steps"] == 5
+
+
+def test_config_override_types():
+    path = str(ROOT / "configs/shapes.py")
+    for arg, types in [("--max_steps=ten", "str .*int"), ("--batch_size=2.5", "float .*int"),
+                       ("--model.hidden_size='64'", "str .*int"), ("--image_size=8", "int .*tuple")]:
+        with pytest.raises(TypeError, match=f"{re.escape(arg[2:].split('=')[0])}.*{types}"):
+            load_config(path, [arg])
+    cfg = load_config(path, ["--lr=1", "--grad_checkpoint=2", "--eval_prompts=None", "--max_steps=7"])
+    assert cfg["lr"] == 1 and cfg["grad_checkpoint"] == 2 and cfg["eval_prompts"] is None and cfg["max_steps"] == 7
+    assert load_config(path, ["--load=runs/x"])["load"] == "runs/x"  # anything where the default is None
 
 
 OPEN_SORA_V1_CONFIG = '''num_frames = 16
@@ -1587,6 +1695,15 @@ def test_train_resume_is_exact(tiny_run):
     assert all(a[s] == b[s] for s in a), (a, b)  # bit-identical on CPU
     ckpt = torch.load(tmp / "b/shapes/step0000006.pt", weights_only=True)
     assert ckpt["step"] == 6 and set(ckpt) >= {"model", "ema", "optimizer", "rng", "config", "epoch", "start"}
+    ema = torch.load(tmp / "a/shapes/step0000006.pt", weights_only=True)["ema"]  # the EMA resumes exactly too
+    assert ema.keys() == ckpt["model"].keys() and all(torch.equal(ema[k], ckpt["ema"][k]) for k in ema)
+    assert not torch.equal(ema["final_layer.linear.weight"], ckpt["model"]["final_layer.linear.weight"])
+
+
+def test_train_stops_after_max_bad_steps_in_a_row(tiny_run):
+    """lr 1e30: the first update blows the weights up, every later loss is non-finite and skipped, then the run stops."""
+    with pytest.raises(AssertionError, match="step 4: 3 non-finite losses/gradients in a row"):
+        run_train(tiny_run, "--max_steps=20", "--lr=1e30", "--max_bad_steps=3", f"--outputs={tiny_run}/bad")
 
 
 def test_train_lowers_loss(tmp_path):
@@ -1650,13 +1767,49 @@ def test_sample_writes_mp4(tiny_run):
     assert frames.shape == (cfg["num_frames"], *cfg["image_size"], 3) and frames.dtype == np.uint8
 
 
+def run_sample_main(monkeypatch, config, *args):
+    """sample.main() in this process with the VAE and T5 builders replaced by a failure: -> its sys.exit message."""
+    import sample
+
+    def built(*a, **k):
+        raise AssertionError("an encoder was built before the weights and overrides were checked")
+    monkeypatch.setattr(sample, "build_vae", built)
+    monkeypatch.setattr(sample, "build_text_encoder", built)
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--config", str(ROOT / f"configs/{config}.py"), "a prompt", *args])
+    with pytest.raises(SystemExit) as exit_:
+        sample.main()
+    message = str(exit_.value.code)
+    assert "\n" not in message, message  # one line, no traceback
+    return message
+
+
+def test_sample_missing_weights_fail_before_encoders(tmp_path, monkeypatch):
+    import huggingface_hub
+    monkeypatch.chdir(tmp_path)  # no ./pretrained_models here
+    missing = str(tmp_path / "nope.pth")
+    assert missing in run_sample_main(monkeypatch, "shapes", "--ckpt", missing)
+    (tmp_path / "run").mkdir()  # a run folder without checkpoints
+    assert "no stepNNNNNNN.pt" in run_sample_main(monkeypatch, "shapes", "--ckpt", str(tmp_path / "run"))
+
+    def offline(*a, **k):
+        raise OSError("no network")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    message = run_sample_main(monkeypatch, "sample_16x256")  # the config's hub file cannot be fetched
+    assert "https://huggingface.co/hpcai-tech/Open-Sora/resolve/main/OpenSora-v1-HQ-16x256x256.pth" in message
+
+
+def test_sample_refuses_scheduler_overrides_it_would_ignore(tmp_path, monkeypatch):
+    # configs/shapes.py samples with its sample_scheduler: --scheduler.* would change nothing
+    message = run_sample_main(monkeypatch, "shapes", "--ckpt", str(tmp_path), "--scheduler.num_sampling_steps=3")
+    assert "--sample_scheduler." in message and "dpm-solver" in message
+
+
 def test_train_torchrun_zero2_seq_two_ranks(tmp_path):
     """torchrun --nproc_per_node 2 train.py configs/shapes.py --plugin=zero2-seq --sp_size=2 runs on the CPU (gloo)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), *TINY_TRAIN, "--plugin=zero2-seq", "--sp_size=2",
            f"--data_path={tmp_path}/data/train.csv", f"--cache_dir={tmp_path}/data/cache", "--max_steps=3",
-           f"--outputs={tmp_path}/o", "--model.num_heads=2",
-           "--model.patch_size=(1, 2, 2)"]  # frames split over the 2 ranks: 1-frame patches
+           f"--outputs={tmp_path}/o"]  # the demo's one frame token: its 16 spatial tokens are split over the 2 ranks
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert sorted(losses(tmp_path / "o/shapes")) == [1, 2, 3]

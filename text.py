@@ -116,6 +116,14 @@ def clean_caption(caption):
 
 
 # ----------------------------------------------------------------------------- T5
+def t5_dtype(dtype):
+    """The precision T5 runs in for a requested one: fp16 becomes bf16, the rest stay. T5 v1.1 was trained in bf16 and
+    its XXL encoder's activations overflow fp16 (transformers keeps its `wo` layers in fp32 and clamps infs for
+    that, but our .to(dtype) casts every layer); v1.0's T5Embedder runs in bf16 (its torch_dtype default) whatever
+    the model's dtype. So the fp16 sampling configs get a bf16 T5; STDiT.forward casts y to the model's dtype."""
+    return torch.bfloat16 if dtype == torch.float16 else dtype
+
+
 class T5Encoder:
     """T5's encoder, frozen. A plain class, not an nn.Module: `y_embedder` (the diffusion model's caption embedder,
     attached after both are built) must not become a submodule.
@@ -125,7 +133,7 @@ class T5Encoder:
     d_ff=64, num_layers=2, num_heads=4), built from `seed` without touching the global RNG, over ByT5's tokenizer
     (UTF-8 bytes + 3 specials; vocab_size defaults to its 384 ids).
     shardformer: accepted for v1.0's configs and unused. (v1.0 uses it to fuse T5 kernels with ColossalAI for speed,
-    and it also casts T5 to fp16 as a side effect; here `dtype` alone sets the precision.)
+    and it also casts T5 to fp16 as a side effect; here `dtype` alone sets the precision, fp16 run as bf16: t5_dtype.)
     """
 
     def __init__(self, from_pretrained="DeepFloyd/t5-v1_1-xxl", model_max_length=120, device=None,
@@ -138,7 +146,7 @@ class T5Encoder:
                 path = os.path.join(path, "t5-v1_1-xxl")
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(path, cache_dir=cache_dir)
-                self.model = T5EncoderModel.from_pretrained(path, cache_dir=cache_dir, dtype=dtype)
+                self.model = T5EncoderModel.from_pretrained(path, cache_dir=cache_dir, dtype=t5_dtype(dtype))
             except OSError as e:
                 raise OSError(f"could not load the T5 encoder '{from_pretrained}': download it first "
                               f"(huggingface-cli download {from_pretrained}) or set text_encoder.from_pretrained to "
@@ -152,7 +160,7 @@ class T5Encoder:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.model = T5EncoderModel(T5Config(**(dict(vocab_size=len(self.tokenizer)) | config)))
-        self.model.to(device, dtype).eval().requires_grad_(False)
+        self.model.to(device, t5_dtype(dtype)).eval().requires_grad_(False)
         self.device = self.model.device
         self.model_max_length = model_max_length
         self.output_dim = self.model.config.d_model

@@ -41,7 +41,8 @@ if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN au
 # ----------------------------------------------------------------------------- data
 if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
     if ctx.is_main:  # the demo makes its own toy data set on first use
-        data.make_shapes(os.path.dirname(cfg["data_path"]), cfg["make_shapes"])
+        folder, name = os.path.split(cfg["data_path"])
+        data.make_shapes(folder, cfg["make_shapes"], csv_name=name)
     parallel.barrier()
 if cfg["cache_dir"] and not data.cache_complete(cfg):
     if ctx.is_main:
@@ -75,10 +76,6 @@ if cfg["compile"] and device.type == "cuda" and ctx.sp_size == 1:  # bench.py's 
     vae.compile_encoder()
 if ctx.sp_size > 1:
     parallel.enable_sequence_parallel(model, ctx.sp_group)
-ema = build_model(cfg["model"] | dict(from_pretrained=None), input_size=latent_size, in_channels=vae.out_channels,
-                  caption_channels=model.caption_channels, model_max_length=model.model_max_length).to(device).eval()
-ema.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
-ema.requires_grad_(False)
 scheduler = build_scheduler(cfg["scheduler"])
 torch.manual_seed(cfg["seed"] + ctx.dp_rank)  # then per data-parallel rank: SP peers draw the same t, noise, dropout
 log(f"STDiT: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, latent {tuple(latent_size)}, "
@@ -87,15 +84,25 @@ log(f"STDiT: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters,
 # ----------------------------------------------------------------------------- optimizer
 params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 opt = parallel.ZeroAdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])  # sharded over all ranks
-log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master + AdamW moments, 1/{ctx.world_size} each)")
+log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master, AdamW moments, EMA: 1/{ctx.world_size} "
+    f"each)")
+
+
+def ema_state_dict():
+    """The EMA as a full fp32 STDiT state_dict on rank 0 (None elsewhere; every rank takes part in the gather). The
+    EMA lives in the optimizer, sharded, over the fp32 master weights; frozen parameters and buffers are the model's."""
+    ema = opt.full("ema")
+    if ema is None:
+        return None
+    return {k: ema.get(k, v.detach().float().cpu()) for k, v in model.state_dict().items()}
 
 # ----------------------------------------------------------------------------- resume
 step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
 if cfg["load"]:
     ckpt = torch.load(latest_checkpoint(cfg["load"]), map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt["model"])
-    ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["optimizer"])
+    opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
     step, epoch, start = ckpt["step"], ckpt["epoch"], ckpt["start"]
     torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
     if device.type == "cuda" and "cuda_rng" in ckpt:
@@ -107,7 +114,7 @@ if cfg["load"]:
 def checkpoint():
     """Every rank takes part (the optimizer state is gathered); rank 0 writes, atomically."""
     rng = parallel.all_gather_object(torch.get_rng_state(), ctx.dp_group)
-    state = dict(model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
+    state = dict(model=model.state_dict(), ema=ema_state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
                  start=start, rng=rng, config=cfg)
     if device.type == "cuda":
         state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
@@ -164,9 +171,7 @@ while step < max_steps:
                          f"(lower lr, check the data, or --load the last good checkpoint)")
         else:
             bad_in_a_row = 0
-            with torch.no_grad():  # EMA in fp32 (v1.0 skips pos_embed, a buffer here anyway)
-                for e, p in zip(ema.parameters(), model.parameters()):
-                    e.lerp_(p.float(), 1 - cfg["ema_decay"])
+            opt.update_ema(cfg["ema_decay"])  # of the fp32 master shard (v1.0 skips pos_embed, a buffer here anyway)
         if step % cfg["log_every"] == 0 or step == max_steps:
             loss_avg = parallel.all_reduce_mean(loss.detach())
             if ctx.is_main:  # a plain loss curve next to the checkpoints; appended to on resume
@@ -176,8 +181,8 @@ while step < max_steps:
             t_last, n_last = time.time(), step
             for log_scalars in loggers:
                 log_scalars(step, dict(loss=loss_avg, grad_norm=grad_norm, samples_per_s=rate))
-            bar.set_postfix(loss=f"{loss_avg:.4f}", epoch=epoch, gnorm=f"{grad_norm:.2f}",
-                            skipped=data.skipped_count(dataset) + bad_steps, samples_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{loss_avg:.4f}", epoch=epoch, gnorm=f"{grad_norm:.2f}", samples_s=f"{rate:.1f}",
+                            bad_files=data.skipped_count(dataset), bad_steps=bad_steps)
         bar.update(1)
         if step % cfg["ckpt_every"] == 0 or step == max_steps:
             checkpoint()
@@ -190,8 +195,13 @@ if cfg["tensorboard"] and ctx.is_main:
     writer.close()
 
 # ----------------------------------------------------------------------------- samples at the end
-if cfg["eval_prompts"] and ctx.is_main:
+ema_sd = ema_state_dict() if cfg["eval_prompts"] else None
+if ctx.is_main and ema_sd:
     import sample
+    ema = build_model(cfg["model"] | dict(from_pretrained=None), input_size=latent_size, in_channels=vae.out_channels,
+                      caption_channels=model.caption_channels, model_max_length=model.model_max_length)
+    ema.load_state_dict(ema_sd)
+    ema = ema.to(device).eval()
     text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
     for path in sample.generate(cfg, ema, vae, text_encoder, cfg["eval_prompts"], os.path.join(run_dir, "samples"),
                                 cfg["seed"], device, dtype):
