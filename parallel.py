@@ -155,9 +155,10 @@ class ZeroAdamW:
         self.ema = self.master.clone()  # EMA of the fp32 master weights, sharded like them (update_ema)
         self.step_count = 0
         self.zero_grad()
-        for i, bucket in enumerate(self.buckets):
-            for name, p in bucket:
-                p.register_post_accumulate_grad_hook(lambda p, i=i, name=name: self.grad_ready(i, name))
+        if self.world > 1:  # (one process: nothing to overlap; step() flattens the gradients a bucket at a time)
+            for i, bucket in enumerate(self.buckets):
+                for name, p in bucket:
+                    p.register_post_accumulate_grad_hook(lambda p, i=i, name=name: self.grad_ready(i, name))
 
     @staticmethod
     def flatten(bucket, tensors, size):
@@ -203,7 +204,7 @@ class ZeroAdamW:
         full = self.flatten(bucket, [torch.zeros_like(p) if p.grad is None else p.grad for _, p in bucket], size)
         for _, p in bucket:
             p.grad = None  # ZeRO-2: the full gradient is not kept
-        if self.world == 1:
+        if self.world == 1:  # (called from step(): the buckets one after another, each bucket's gradients freed)
             self.reduced[i] = full
             return
         self.wait()  # at most one collective in flight: the full flat buckets do not pile up in memory
