@@ -8,7 +8,8 @@ parallelism. No DDP/FSDP/DeepSpeed/ColossalAI: every collective is written out b
     loss.backward(); grad_norm = opt.step(grad_clip=1.0)
 
 Layout: world = dp_size x sp_size. Consecutive ranks form a sequence-parallel (SP) group: they read the same samples
-and each holds T/sp frames of them. Rank r has sp_rank = r % sp_size and dp_rank = r // sp_size (which samples).
+and each holds 1/sp of their tokens (T/sp frames, or S/sp tokens of every frame). Rank r has sp_rank = r % sp_size and
+dp_rank = r // sp_size (which samples).
 Single process (no RANK in the environment): no process group is made, ctx's groups are None and every collective
 below is skipped, so train.py runs the same code on a laptop.
 """
