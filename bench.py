@@ -125,7 +125,7 @@ def build(args, latent, device, dtype, train, fast):
     torch.manual_seed(0)  # the same weights on every rank (ZeroAdamW checks)
     with on(device):
         m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=args.caption_channels,
-                              model_max_length=120, dtype=dtype, enable_sequence_parallelism=args.ctx.sp_size > 1)
+                              model_max_length=120, dtype=dtype)
     m = m.to(device, dtype).train(train)
     if args.ctx.sp_size > 1:  # as train.py: Ulysses, eager
         parallel.enable_sequence_parallel(m, args.ctx.sp_group)

@@ -49,11 +49,9 @@ def to_uint8(frames):
 
 
 def write_video(path, frames, fps=8, crf=10):
-    """Write frames (see to_uint8) as an H.264 mp4 and return path. Odd sizes are padded by repeating the last row /
-    column (yuv420p needs even ones). crf 10 (default 23) keeps small pure-colour clips faithful. yuv420p stores the
-    colour at half resolution; below 32 pixels that blurs a whole 2x2-pixel shape with its black surroundings (an 8x8
-    demo sample's blue read back at 126 through yuv420p, 194 through yuv444p), so tiny videos keep full-resolution
-    colour (yuv444p: ffmpeg-based players show it, some browsers do not). Atomic: written to a temporary name."""
+    """Write frames (see to_uint8) as an H.264 mp4, atomically; return path. Odd sizes are padded by edge repeats.
+    crf 10 (default 23) keeps small pure-colour clips faithful. Below 32 pixels yuv444p, not yuv420p: half-resolution
+    colour blurs a 2x2-pixel shape into black (an 8x8 demo sample's blue read back at 126 instead of 194)."""
     frames = to_uint8(frames)
     T, H, W, _ = frames.shape
     pix_fmt = "yuv444p" if min(H, W) < 32 else "yuv420p"
@@ -376,11 +374,15 @@ def caption_channels(cfg, text_encoder=None):
     return text_encoder.output_dim if text_encoder is not None else read_meta(cfg)["caption_channels"]
 
 
-def skipped_count(dataset):
-    return dataset.num_skipped
-
-
 # ----------------------------------------------------------------------------- the toy set: moving shapes
+def ensure_shapes(cfg):
+    """The demo's toy set is written on first use: cfg["make_shapes"] clips and the CSV that data_path names."""
+    if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
+        folder, name = os.path.split(cfg["data_path"])
+        make_shapes(folder, cfg["make_shapes"], csv_name=name)
+
+
+
 COLOURS = dict(red=(255, 0, 0), green=(0, 255, 0), blue=(0, 0, 255), yellow=(255, 255, 0))
 SHAPES = ("circle", "square")
 DIRECTIONS = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))  # (dx, dy), y downwards
@@ -389,9 +391,8 @@ SHAPES_PROMPTS = [f"a {c} {s} moving {d}" for c in COLOURS for s in SHAPES for d
 
 def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
     """uint8 (T, size, size, 3): one shape of radius (half side) size/8 on black, crossing the frame at constant speed
-    from one edge to the other, at a random place across its path (within the middle half of the frame).
-    (Paths that also start and end at random places are a harder task: the CPU demo's model, trained 10 minutes,
-    did not learn to keep one shape moving one way across frames; its directions stayed at chance.)"""
+    from one edge to the other, at a random place across its path (within the middle half of the frame). (With
+    random start and end points the CPU demo's directions stayed at chance after 10 minutes.)"""
     r, (dx, dy) = size / 8, DIRECTIONS[direction]
     along = np.linspace(r + 0.5, size - r - 0.5, num_frames)  # a positive direction's path, in frame
     if dx + dy < 0:
@@ -487,9 +488,7 @@ if __name__ == "__main__":
         cfg = load_config(sys.argv[2], sys.argv[3:])
         if not cfg["cache_dir"]:
             sys.exit(f"{sys.argv[2]}: set cache_dir (in the file or --cache_dir=...)")
-        if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
-            folder, name = os.path.split(cfg["data_path"])
-            make_shapes(folder, cfg["make_shapes"], csv_name=name)
+        ensure_shapes(cfg)
         skipped = build_cache(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
         print(f"{cfg['cache_dir']}: complete ({skipped} rows skipped)")
         sys.exit()

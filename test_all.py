@@ -1084,7 +1084,7 @@ def test_bad_rows_skipped_and_counted(tmp_path, capfd):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)  # the count lives in shared memory
     texts = [t for batch in loader for t in batch["text"]]
     assert len(texts) == len(rows) and set(texts) == {"g0", "g1", "g2"}  # a bad row yields the next good one
-    assert data.skipped_count(ds) == 3 == ds.num_skipped
+    assert ds.num_skipped == 3
     err = capfd.readouterr().err
     for path in (missing, cut, short):
         assert sum(path in line for line in err.splitlines()) == 1, err  # one warning per bad file
@@ -1164,7 +1164,7 @@ def test_cache_matches_online_and_resumes(tmp_path, monkeypatch, vae_cfg):
     assert not data.cache_complete(cfg)
     assert data.build_cache(cfg) == 0 and data.cache_complete(cfg)
     cached = data.build_dataset(cfg)
-    assert len(cached) == 7 and data.caption_channels(cfg) == 32 and data.skipped_count(cached) == 0
+    assert len(cached) == 7 and data.caption_channels(cfg) == 32 and cached.num_skipped == 0
     online = data.VideoDataset(csv_path, 4, 2, (16, 16), flip=False, seed=cfg["seed"])
     vae, te = build_vae(vae_cfg), build_text_encoder(T5)
     for i in range(7):

@@ -39,11 +39,9 @@ if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN au
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
 
 # ----------------------------------------------------------------------------- data
-if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
-    if ctx.is_main:  # the demo makes its own toy data set on first use
-        folder, name = os.path.split(cfg["data_path"])
-        data.make_shapes(folder, cfg["make_shapes"], csv_name=name)
-    parallel.barrier()
+if ctx.is_main:
+    data.ensure_shapes(cfg)  # the demo makes its own toy data set on first use
+parallel.barrier()
 if cfg["cache_dir"] and not data.cache_complete(cfg):
     if ctx.is_main:
         data.build_cache(cfg, device=device)
@@ -69,7 +67,7 @@ torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
 model = build_model(
     cfg["model"], input_size=latent_size, in_channels=vae.out_channels,
     caption_channels=data.caption_channels(cfg, text_encoder), model_max_length=cfg["text_encoder"]["model_max_length"],
-    dtype=dtype, enable_sequence_parallelism=ctx.sp_size > 1).to(device, dtype).train()
+    dtype=dtype).to(device, dtype).train()
 model.grad_checkpointing = cfg["grad_checkpoint"]
 if cfg["compile"] and device.type == "cuda" and ctx.sp_size == 1:  # bench.py's fast path. CPU: eager; sequence
     model.compile_blocks()  # parallel: eager too (the all-to-all inside the blocks is not traced, nor tested compiled)
@@ -182,7 +180,7 @@ while step < max_steps:
             for log_scalars in loggers:
                 log_scalars(step, dict(loss=loss_avg, grad_norm=grad_norm, samples_per_s=rate))
             bar.set_postfix(loss=f"{loss_avg:.4f}", epoch=epoch, gnorm=f"{grad_norm:.2f}", samples_s=f"{rate:.1f}",
-                            bad_files=data.skipped_count(dataset), bad_steps=bad_steps)
+                            bad_files=dataset.num_skipped, bad_steps=bad_steps)
         bar.update(1)
         if step % cfg["ckpt_every"] == 0 or step == max_steps:
             checkpoint()
