@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 import diffusion
+import layers
 import model as stdit
 import parallel
 import text
@@ -136,8 +137,8 @@ def build(args, latent, device, dtype, train, fast):
 
 def set_path(fast):
     """Plain path: SDPA for every attention, eager. Fast (train.py's and sample.py's on CUDA): short temporal attention
-    written out (model.SHORT_KEYS), cuDNN autotuning for the VAE's convolutions, blocks compiled (build)."""
-    stdit.SHORT_KEYS = 32 if fast else 0
+    written out (layers.SHORT_KEYS), cuDNN autotuning for the VAE's convolutions, blocks compiled (build)."""
+    layers.SHORT_KEYS = 32 if fast else 0
     torch.backends.cudnn.benchmark = fast
 
 

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from config import DTYPES, load_config
 from data import write_video
 from diffusion import build_scheduler
-from model import build_model, latest_checkpoint, load_checkpoint, resolve_weights
+from checkpoints import latest_checkpoint, load_checkpoint, resolve_weights
+from model import build_model
 from text import build_text_encoder
 from vae import build_vae
 

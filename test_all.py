@@ -23,6 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import diffusion  # noqa: E402
+import layers as L  # noqa: E402
 import model as M  # noqa: E402
 import parallel  # noqa: E402
 import text as TX  # noqa: E402
@@ -30,8 +31,10 @@ import vae as V  # noqa: E402
 from config import DEFAULTS, load_config  # noqa: E402
 from data import read_video  # noqa: E402
 from diffusion import IDDPM, DPMSolver, build_scheduler, dpm_solver_sample, forward_with_cfg, space_timesteps  # noqa: E402
-from model import (STDiT, attention, build_model, latest_checkpoint, load_checkpoint, resolve_weights,  # noqa: E402
-                   save_checkpoint)
+import checkpoints as CK  # noqa: E402
+from checkpoints import latest_checkpoint, load_checkpoint, resolve_weights, save_checkpoint  # noqa: E402
+from layers import attention  # noqa: E402
+from model import STDiT, build_model  # noqa: E402
 
 FIXTURES_ENV = os.environ.get("FIXTURES")
 FIXTURES = pathlib.Path(FIXTURES_ENV or ROOT.parent / "shared" / "fixtures")
@@ -164,16 +167,16 @@ def test_attention_flash_packing(monkeypatch):
         outs = [math_attention(q[None, a:b], k[None, c:d], v[None, c:d])[0]
                 for a, b, c, d in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(), cu_k[1:].tolist())]
         return torch.cat(outs)
-    monkeypatch.setattr(M, "use_flash", lambda q: True)
-    monkeypatch.setattr(M, "flash_attn_func", lambda q, k, v: math_attention(q, k, v))
-    monkeypatch.setattr(M, "flash_attn_varlen_func", fake_varlen)
+    monkeypatch.setattr(L, "use_flash", lambda q: True)
+    monkeypatch.setattr(L, "flash_attn_func", lambda q, k, v: math_attention(q, k, v))
+    monkeypatch.setattr(L, "flash_attn_varlen_func", fake_varlen)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, n, 2, 8, generator=g) for n in (5, 6, 6))
     for mask in (None, torch.tensor([[1, 0, 1, 1, 0, 1], [0] * 6, [1] * 6]).bool()):
         assert torch.allclose(attention(q, k, v, mask), math_attention(q, k, v, mask), atol=1e-6)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or M.flash_attn_func is None,
+@pytest.mark.skipif(not torch.cuda.is_available() or L.flash_attn_func is None,
                     reason="flash-attn path needs CUDA and the flash_attn package")
 def test_attention_flash_matches_math():
     g = torch.Generator().manual_seed(0)
@@ -214,7 +217,7 @@ def test_load_pixart_checkpoint(tmp_path, capsys):
     assert "attn_temp" in capsys.readouterr().out
     loaded, fresh = model.state_dict(), STDiT(**TINY).state_dict()
     for k, v in source.state_dict().items():
-        if ".attn_temp." not in k and k not in M.POS_KEYS:
+        if ".attn_temp." not in k and k not in CK.POS_KEYS:
             assert torch.equal(loaded[k], v), k
     assert torch.equal(loaded["pos_embed"], fresh["pos_embed"])
     assert all(torch.count_nonzero(b.attn_temp.proj.weight) == 0 for b in model.blocks)
@@ -226,7 +229,7 @@ def test_load_safetensors_and_train_checkpoints(tmp_path):
     source = randomized(STDiT(**TINY), seed=2)
     save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
     other = randomized(STDiT(**TINY), seed=3)
-    M.save_checkpoint(dict(model=other.state_dict(), ema=source.state_dict(), step=5),
+    CK.save_checkpoint(dict(model=other.state_dict(), ema=source.state_dict(), step=5),
                       str(tmp_path / "run/step0000005.pt"))
     torch.save(dict(model=other.state_dict(), ema=other.state_dict()), tmp_path / "run/step0000002.pt")
     for path in (tmp_path / "w.safetensors", tmp_path / "run"):  # a run folder: its newest step, "ema" weights
@@ -243,7 +246,7 @@ def test_load_open_sora_checkpoint_of_other_size(tmp_path):
     model = build_model(dict(type="STDiT", from_pretrained=str(tmp_path / "OpenSora-v1-16x256x256.pth")), **cfg)
     fresh = STDiT(**cfg).state_dict()
     for k, v in model.state_dict().items():
-        assert torch.equal(v, fresh[k] if k in M.POS_KEYS else source.state_dict()[k]), k
+        assert torch.equal(v, fresh[k] if k in CK.POS_KEYS else source.state_dict()[k]), k
     assert model.pos_embed.shape == (1, 48, 64)
 
 
@@ -684,9 +687,9 @@ def rel(a, b):
 @pytest.fixture
 def short_keys():
     """Restore model.SHORT_KEYS after a test that switches the attention path."""
-    old = M.SHORT_KEYS
+    old = L.SHORT_KEYS
     yield
-    M.SHORT_KEYS = old
+    L.SHORT_KEYS = old
 
 
 def reference_attention(q, k, v, mask=None):  # float64, (B, N, H, D) layout, written independently of model.py
@@ -702,10 +705,10 @@ def test_short_attention_matches_sdpa(short_keys, N, K):
     """The written-out path (M <= SHORT_KEYS, no mask) and the SDPA path compute the same function."""
     g = torch.Generator().manual_seed(N * 100 + K)
     q, k, v = (torch.randn(3, n, 4, 24, generator=g) for n in (N, K, K))
-    M.SHORT_KEYS = 32
-    fast = M.attention(q, k, v)
-    M.SHORT_KEYS = 0
-    plain = M.attention(q, k, v)
+    L.SHORT_KEYS = 32
+    fast = L.attention(q, k, v)
+    L.SHORT_KEYS = 0
+    plain = L.attention(q, k, v)
     ref = reference_attention(q, k, v)
     assert rel(fast.double(), ref) < 1e-6 and rel(plain.double(), ref) < 1e-6
     assert fast.shape == (3, N, 4, 24)
@@ -715,8 +718,8 @@ def test_short_attention_gradients(short_keys):
     q, k, v = (torch.randn(2, 16, 3, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     grads = []
     for short in (32, 0):
-        M.SHORT_KEYS = short
-        out = M.attention(q, k, v)
+        L.SHORT_KEYS = short
+        out = L.attention(q, k, v)
         grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view(out.shape).double()).sum(),
                                          (q, k, v)))
     for a, b in zip(*grads):  # the short path's scores are fp32 (v1.0's softmax precision): ~1e-7 apart
@@ -725,10 +728,10 @@ def test_short_attention_gradients(short_keys):
 
 def test_masked_attention_not_short(short_keys):
     """A mask (cross-attention) never takes the short path; kept keys only, an empty row gives zeros."""
-    M.SHORT_KEYS = 32
+    L.SHORT_KEYS = 32
     q, k, v = torch.randn(2, 10, 2, 8), torch.randn(2, 6, 2, 8), torch.randn(2, 6, 2, 8)
     mask = torch.tensor([[1, 1, 0, 1, 0, 0], [0] * 6], dtype=torch.bool)
-    out = M.attention(q, k, v, mask)
+    out = L.attention(q, k, v, mask)
     assert rel(out[0].double(), reference_attention(q[:1], k[:1], v[:1], mask[:1])[0]) < 1e-6
     assert out[1].abs().max() == 0
 
@@ -737,7 +740,7 @@ def test_masked_attention_not_short(short_keys):
 def test_fixture_under_both_attention_paths(short_keys, short):
     """v1.0's numbers (stdit_tiny_ref.pt) through either attention path, fp32."""
     ref = load_fixture("stdit_tiny_ref.pt")
-    M.SHORT_KEYS = short
+    L.SHORT_KEYS = short
     m = M.STDiT(**ref["config"]).eval()
     m.load_state_dict(ref["state_dict"])
     with torch.no_grad():
@@ -776,7 +779,7 @@ def test_flop_count_matches_torch_counter(short_keys):
     m = M.STDiT(**ref["config"]).eval()
     x, y = ref["x"], ref["y"]
     T, H, W = (n // p for n, p in zip(x.shape[2:], m.patch_size))
-    M.SHORT_KEYS = max(T, H * W, y.shape[2])  # every attention written out, whatever the fixture's sizes
+    L.SHORT_KEYS = max(T, H * W, y.shape[2])  # every attention written out, whatever the fixture's sizes
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         m(x, ref["timestep"], y, None)  # no mask: every caption key attends, as bench counts
     counted = counter.get_total_flops() / x.shape[0]

@@ -16,7 +16,8 @@ import data
 import parallel
 from config import DTYPES, load_config
 from diffusion import build_scheduler
-from model import build_model, latest_checkpoint, save_checkpoint
+from checkpoints import latest_checkpoint, save_checkpoint
+from model import build_model
 from text import build_text_encoder
 from vae import build_vae
 
