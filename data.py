@@ -1,12 +1,11 @@
-"""Data: a CSV of (video, caption) rows -> training clips; the latent cache; mp4 in and out; the toy shapes set and
-its judge.
+"""Data: a CSV of (video, caption) rows -> training clips (seeking decode); reading the latent cache; mp4 in and out;
+the toy shapes set and its judge. Making the CSV and the cache: prepare.py.
 
     dataset = VideoDataset("train.csv", num_frames=16, frame_interval=3, image_size=(256, 256))
     dataset[0]  # dict(video=(3, 16, 256, 256) float32 in [-1, 1], text="a cat playing piano")
 
     python data.py shapes data/shapes --num 512          # the toy set: mp4s + data/shapes/train.csv
     python data.py judge samples/shapes                  # colour / direction accuracy of toy clips
-    python data.py cache configs/shapes.py               # encode the data set once into cfg["cache_dir"]
 
 The CSV is Open-Sora v1.0's: rows `path,caption` (extra columns ignored), an optional header `path,caption` or
 `path,text`, relative paths joined to `root`. Videos are decoded with PyAV; images (by extension) are 1-frame clips
@@ -14,8 +13,8 @@ repeated num_frames times, as v1.0 does (so num_frames=1 gives (3, 1, H, W), and
 """
 import argparse
 import csv
+import io
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -48,25 +47,50 @@ def to_uint8(frames):
     return frames
 
 
-def write_video(path, frames, fps=8, crf=10):
-    """Write frames (see to_uint8) as an H.264 mp4, atomically; return path. Odd sizes are padded by edge repeats.
-    crf 10 (default 23) keeps small pure-colour clips faithful. Below 32 pixels yuv444p, not yuv420p: half-resolution
-    colour blurs a 2x2-pixel shape into black (an 8x8 demo sample's blue read back at 126 instead of 194)."""
-    frames = to_uint8(frames)
-    T, H, W, _ = frames.shape
-    pix_fmt = "yuv444p" if min(H, W) < 32 else "yuv420p"
-    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+def write_video(path, frames, fps=8, crf=10, codec="libx264", options=None):
+    """Write frames (see to_uint8, or any iterable of uint8 (H, W, 3) arrays or av.VideoFrames: streamed) as a video,
+    atomically; return path. The extension picks the container; options: the encoder's (default {"crf": crf}). Odd
+    sizes are padded by edge repeats. crf 10 (default 23) keeps small pure-colour clips faithful. Below 32 pixels
+    yuv444p, not yuv420p: half-resolution colour blurs a 2x2-pixel shape into black (an 8x8 demo sample's blue read
+    back at 126 instead of 194)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.mp4"  # the extension picks the container
-    with av.open(tmp, "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, pix_fmt
-        stream.options = {"crf": str(crf)}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())  # flush
-    os.replace(tmp, path)
+    tmp, stream = f"{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}", None
+    try:
+        with av.open(tmp, "w") as container:
+            for frame in to_uint8(frames) if isinstance(frames, (np.ndarray, torch.Tensor)) else frames:
+                if not isinstance(frame, av.VideoFrame):
+                    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
+                    frame = av.VideoFrame.from_ndarray(np.pad(frame, pad, mode="edge"), format="rgb24")
+                if stream is None:
+                    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                    stream.width, stream.height = frame.width + frame.width % 2, frame.height + frame.height % 2
+                    stream.pix_fmt = "yuv444p" if min(frame.width, frame.height) < 32 else "yuv420p"
+                    stream.options = {"crf": str(crf)} if options is None else options
+                frame.pts = None  # numbered by the encoder (a decoded frame would keep its source's pts)
+                container.mux(stream.encode(frame))
+            if stream is None:
+                raise ValueError(f"{path}: no frames to write")
+            container.mux(stream.encode())  # flush
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def write_atomic(path, text):
+    """Write text to path through a temporary file renamed over it: an interrupted write leaves no half file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.tmp{os.getpid()}", "w", newline="") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp{os.getpid()}", path)
+    return path
+
+
+def csv_text(rows):
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue()
 
 
 def read_video(path):
@@ -94,45 +118,127 @@ def frame_indices(total, num_frames, frame_interval, generator):
     return np.linspace(start, end - 1, num_frames, dtype=int).tolist()
 
 
-def decode(path, num_frames, frame_interval, generator):
-    """uint8 (num_frames, H, W, 3): the frames frame_indices picks. Frames are decoded in order up to the last one
-    picked (H.264 cannot skip its reference frames anyway) but only the picked ones are converted to RGB."""
+def open_video(path):
+    """An open container and its first video stream (FFmpeg's threads on)."""
+    container = av.open(path)
+    if not container.streams.video:
+        container.close()
+        raise BadSample("no video stream")
+    container.streams.video[0].thread_type = "AUTO"
+    return container, container.streams.video[0]
+
+
+def frame_timing(path):
+    """(total, start, step): the video's frame count, frame 0's pts and the pts ticks from one frame to the next, step
+    None where frame k's pts is not known to be start + k * step (variable frame rate): then no seeking. mp4/mov/avi
+    give the count, rate and duration in their index (count * step must equal the duration; frames after a seek are
+    checked as they come); mkv/webm list no count: their packets are read (not decoded) and every pts checked."""
+    container, stream = open_video(path)
+    with container:
+        rate, start = stream.average_rate, stream.start_time
+        step = 1 / (rate * stream.time_base) if rate and rate == stream.base_rate and start is not None else None
+        if stream.frames:
+            ok = step is not None and stream.duration is not None and abs(stream.duration - stream.frames * step) <= 1
+            return stream.frames, start, step if ok else None
+        pts = [p.pts for p in container.demux(stream) if p.size]
+    if step is None or None in pts or any(frame_number(p, start, step) != k for k, p in enumerate(sorted(pts))):
+        step = None
+    return len(pts), start, step
+
+
+def frame_number(pts, start, step):
+    """k where pts = start + k * step to within one tick (timestamps are rounded to the time base), else None."""
+    k = None if pts is None else round((pts - start) / step)
+    return k if k is not None and abs(pts - start - k * step) <= 1 else None
+
+
+def frames_from_start(path, picks):
+    """{k: uint8 (H, W, 3)} for the frames k in picks (sorted): every frame decoded in order up to the last one picked,
+    frame k being the k-th the decoder gives; only the picked ones converted to RGB."""
+    container, stream = open_video(path)
+    with container:
+        wanted, got = set(picks), {}
+        for k, frame in enumerate(container.decode(stream)):
+            if k in wanted:
+                got[k] = frame.to_ndarray(format="rgb24")
+            if k >= picks[-1]:
+                break
+        return got
+
+
+def frames_seeking(path, picks, start, step):
+    """frames_from_start's result, decoded from the keyframe at or before picks[0], every packet and frame numbered by
+    its pts; or None where that cannot be trusted (the caller then decodes from the start): unless the stream starts
+    with a keyframe at `start`, every pts lies on the grid, the frames come out in order and no frame number from the
+    first one out to the last one picked is missing among the packets (a gap: a variable frame rate). Frames not
+    picked are decoded only if others refer to them (skip_frame NONREF: about half of x264's default frames). An
+    open-GOP keyframe (x265's default) drops the frames before it that refer back once seeked to; if the seek lands
+    on one whose first frame out comes after picks[0], the keyframe before it is tried."""
+    container, stream = open_video(path)
+    codec = stream.codec_context
+
+    def after_seek(ticks):  # got, None (untrusted), or the dts of a keyframe landed on too late
+        container.seek(ticks, stream=stream, backward=True, any_frame=False)
+        wanted, got, sent, out, landed = set(picks), {}, set(), [], None
+        for packet in container.demux(stream):
+            if packet.size:
+                k, landed = frame_number(packet.pts, start, step), packet.dts if landed is None else landed
+                if k is None:
+                    return None
+                sent.add(k)
+                codec.skip_frame = "DEFAULT" if k in wanted else "NONREF"
+            for frame in codec.decode(packet):
+                k = frame_number(frame.pts, start, step)
+                if k is None or (out and k <= out[-1]):
+                    return None
+                if not out and k > picks[0]:
+                    return landed
+                out.append(k)
+                if k in wanted:
+                    got[k] = frame.to_ndarray(format="rgb24")
+                if k >= picks[-1]:
+                    return got if len(got) == len(wanted) and sent.issuperset(range(out[0], k + 1)) else None
+        return None
+
+    with container:
+        first = next(container.demux(stream), None)
+        if first is None or not first.is_keyframe or first.pts != start:
+            return None
+        got = after_seek(int(start + picks[0] * step))
+        if isinstance(got, int):
+            got = after_seek(got - 1)
+        return got if isinstance(got, dict) else None
+
+
+def decode(path, num_frames, frame_interval, generator, seek=True):
+    """uint8 (num_frames, H, W, 3): the frames frame_indices picks. seek=False always decodes from frame 0 (the plain
+    path frames_seeking is tested against); seeking, a window near the end of a long clip costs about what one near
+    its start costs (README, "Loader throughput")."""
     if not os.path.isfile(path):
         raise BadSample("missing file")
-    is_image = path.lower().endswith(IMAGE_EXTS)
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise BadSample("no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            if is_image:
-                picks = [0]
-            else:
-                total = stream.frames  # from the container's index; 0 where it has none (some mkv/webm)
-                if total == 0:
-                    total = sum(1 for _ in container.decode(stream))
-                    container.seek(0)
-                picks = frame_indices(total, num_frames, frame_interval, generator)
-            wanted, got = set(picks), {}
-            for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    got[i] = frame.to_ndarray(format="rgb24")
-                if i >= picks[-1]:
-                    break
-    except (av.FFmpegError, OSError) as e:  # InvalidDataError for a cut mp4, permission errors, ...
+        if path.lower().endswith(IMAGE_EXTS):  # v1.0: an image is repeated num_frames times
+            container, stream = open_video(path)
+            with container:
+                return np.repeat(next(container.decode(stream)).to_ndarray(format="rgb24")[None], num_frames, axis=0)
+        total, start, step = frame_timing(path)
+        picks = frame_indices(total, num_frames, frame_interval, generator)
+        got = frames_seeking(path, picks, start, step) if seek and step is not None else None
+        if got is None:
+            got = frames_from_start(path, picks)
+    except (av.FFmpegError, OSError, StopIteration) as e:  # InvalidDataError for a cut mp4, permission errors, ...
         raise BadSample(f"unreadable: {type(e).__name__}: {e}") from e
-    if len(got) < len(wanted):
-        raise BadSample(f"truncated: decoded {len(got)} of the {len(wanted)} frames needed (frame {picks[-1]})")
-    if is_image:  # v1.0: an image is repeated num_frames times
-        return np.repeat(got[0][None], num_frames, axis=0)
-    return np.stack([got[i] for i in picks])
+    if len(got) < len(picks):
+        raise BadSample(f"truncated: decoded {len(got)} of the {len(picks)} frames needed (frame {picks[-1]})")
+    return np.stack([got[k] for k in picks])
 
 
-def resize_crop(x, size):
-    """(T, 3, H, W) -> (T, 3, *size): scale so the frame covers size keeping its aspect, then centre crop (v1.0's
-    UCFCenterCropVideo; for a square size, the short side goes to size). Bilinear as v1.0, but antialiased: v1.0's
-    plain bilinear aliases when it shrinks a large frame, and this triangle filter keeps values in range."""
+def resize_crop(x, size, flip=False):
+    """uint8 (T, 3, H, W) -> uint8 (T, 3, *size): scale so the frame covers size keeping its aspect, then centre crop
+    (v1.0's UCFCenterCropVideo; for a square size, the short side goes to size); flip: mirrored first (as v1.0: flip,
+    then resize). Bilinear as v1.0, but antialiased (v1.0's plain bilinear aliases when it shrinks a large frame), and
+    on uint8: torch's uint8 kernel is ~18x faster than float on a 1080p frame and within 1 level of it (tested). The
+    resize is mirror-symmetric, so the small result is flipped (with the crop mirrored), never the large frame."""
     th, tw = size
     H, W = x.shape[-2:]
     scale = max(th / H, tw / W)
@@ -140,6 +246,8 @@ def resize_crop(x, size):
     if (h, w) != (H, W):
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
     i, j = int(round((h - th) / 2)), int(round((w - tw) / 2))
+    if flip:
+        return x[..., i:i + th, w - tw - j:w - j].flip(-1)
     return x[..., i:i + th, j:j + tw]
 
 
@@ -155,12 +263,17 @@ def read_csv(data_path, root=None):
             if not samples and [c.strip().lower() for c in row[:2]] in (["path", "caption"], ["path", "text"]):
                 continue  # header
             if len(row) < 2 or not row[1].strip():
-                raise ValueError(f"{data_path}, line {reader.line_num}: row {row!r} has no caption "
-                                 f"(rows are path,caption)")
+                raise ValueError(f"{data_path}, line {reader.line_num}: row {row!r} has no caption (rows are "
+                                 f"path,caption; python prepare.py filter --remove_empty_caption drops such rows)")
             samples.append((os.path.join(root, row[0]) if root else row[0], row[1]))
     if not samples:
         raise ValueError(f"{data_path}: no rows (expected path,caption rows)")
     return samples
+
+
+def draws(seed, epoch, index):
+    """The generator of sample `index`'s random draws in `epoch`: never the global RNG, so any worker draws the same."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
 
 
 class VideoDataset(torch.utils.data.Dataset):
@@ -218,13 +331,11 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def get(self, i, key):
         """Row i with the random draws of `key` (the index asked for); raises BadSample."""
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_003 + key)
+        g = draws(self.seed, self.epoch, key)
         path, text = self.samples[i]
-        x = torch.from_numpy(decode(path, self.num_frames, self.frame_interval, g))  # (T, H, W, 3) uint8
-        x = x.permute(0, 3, 1, 2).float()  # (T, 3, H, W) in [0, 255]
-        if self.flip and torch.rand((), generator=g) < 0.5:  # v1.0 flips before resizing, as here
-            x = x.flip(-1)
-        x = resize_crop(x, self.image_size).clamp(0, 255) / 127.5 - 1  # (T, 3, H, W) in [-1, 1]
+        x = torch.from_numpy(decode(path, self.num_frames, self.frame_interval, g)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+        flip = bool(self.flip and torch.rand((), generator=g) < 0.5)
+        x = resize_crop(x, self.image_size, flip).float() / 127.5 - 1  # (T, 3, H, W) in [-1, 1]
         return dict(video=x.permute(1, 0, 2, 3).contiguous(), text=text)  # (3, T, H, W)
 
     def __getitem__(self, index):
@@ -239,17 +350,22 @@ class VideoDataset(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------- the latent cache
-# `python data.py cache CONFIG` encodes the data set once: shard k of cache_dir holds rows [k*SHARD, (k+1)*SHARD) of
-# the CSV (bad rows left out) as safetensors: latents (n, C, T, h, w), y (n, 1, L, C'), mask (n, L), index (n,) the CSV
-# rows, and the captions (JSON) in its metadata. Differences from v1.0's online encoding, on purpose: the VAE's
-# posterior mean, not a sample of it (v1.0 samples anew at every step); no random flip; one temporal window per clip
-# (the one epoch 0 draws), where v1.0 draws a new one every epoch. meta.json records the settings the cache was built
-# with; a cache built with others is an error, never silently used.
+# `python prepare.py cache CONFIG` (or train.py, finding no complete cache) encodes the data set once. Shard k of
+# cache_dir holds rows [k*SHARD, (k+1)*SHARD) of the CSV (bad rows left out) as safetensors, in bf16:
+#   latents, std (n, W, C, T, h, w)  the VAE posterior's mean (and, cache_posterior=True, std) of W = cache_windows
+#       clips of each row: the windows and flips online epochs 0..W-1 draw. Epoch e reads clip e % W (for e < W the
+#       clip online training sees) and, with the std, a new sample mean + std * noise as online training does;
+#   y (kept tokens of all rows, C'), lengths (n,)  caption embeddings of the kept tokens only (T5's mask is a prefix);
+#   index (n,) the CSV rows; the captions (JSON) in the metadata.
+# Training from it equals training from fp32 values rounded to bf16 (tested). Each torchrun rank encodes shards rank,
+# rank + world, ...; a shard appears only by rename, so a re-run resumes. meta.json records the settings; a cache built
+# with others is an error, never silently used.
 SHARD = 256
 
 
 def cache_settings(cfg):
-    keys = ("data_path", "root", "num_frames", "frame_interval", "image_size", "seed", "vae", "text_encoder")
+    keys = ("data_path", "root", "num_frames", "frame_interval", "image_size", "seed", "vae", "text_encoder",
+            "make_shapes", "cache_windows", "cache_posterior")
     return json.loads(json.dumps({k: cfg[k] for k in keys}, default=str))  # tuples -> lists, as in meta.json
 
 
@@ -276,69 +392,26 @@ def cache_complete(cfg):
     return meta is not None and all(os.path.exists(shard_path(cfg["cache_dir"], k)) for k in range(meta["shards"]))
 
 
-def build_cache(cfg, device=None, dtype=torch.float32):
-    """Encode cfg's data set into cfg["cache_dir"]; shards already written are kept (resumable)."""
-    from safetensors.torch import save_file
-    from tqdm import tqdm
-
-    from text import build_text_encoder
-    from vae import build_vae
-
-    dataset = VideoDataset(cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"], cfg["root"],
-                           flip=False, seed=cfg["seed"])
-    vae = build_vae(cfg["vae"], device, dtype)
-    text_encoder = build_text_encoder(cfg["text_encoder"], device, dtype)
-    cache_dir, shards = cfg["cache_dir"], math.ceil(len(dataset) / SHARD)
-    if read_meta(cfg) is None:
-        os.makedirs(cache_dir, exist_ok=True)
-        meta = dict(settings=cache_settings(cfg), shards=shards, rows=len(dataset),
-                    caption_channels=text_encoder.output_dim)
-        with open(os.path.join(cache_dir, "meta.json.tmp"), "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(os.path.join(cache_dir, "meta.json.tmp"), os.path.join(cache_dir, "meta.json"))
-    for k in tqdm(range(shards), desc=f"caching {cfg['data_path']}", dynamic_ncols=True):
-        if os.path.exists(shard_path(cache_dir, k)):
-            continue  # complete: shards appear only by rename
-        samples, index = [], []
-        for i in range(k * SHARD, min((k + 1) * SHARD, len(dataset))):
-            if not dataset.bad[i]:
-                try:
-                    samples.append(dataset.get(i, i))
-                    index.append(i)
-                except BadSample as e:
-                    dataset.mark_bad(i, e)
-        out = dict(index=torch.tensor(index, dtype=torch.int64))
-        parts = []
-        for b in range(0, len(samples), cfg["batch_size"]):
-            batch = samples[b:b + cfg["batch_size"]]
-            x = torch.stack([s["video"] for s in batch]).to(device, dtype)  # (B, 3, T, H, W)
-            text = text_encoder.encode([s["text"] for s in batch])
-            parts.append((vae.encode(x, sample=False), text["y"], text["mask"]))
-        if parts:  # an all-bad shard holds only its empty index
-            out["latents"] = torch.cat([p[0] for p in parts]).float().cpu()  # (n, C, T, h, w)
-            out["y"] = torch.cat([p[1] for p in parts]).float().cpu()  # (n, 1, L, C')
-            out["mask"] = torch.cat([p[2] for p in parts]).cpu()  # (n, L)
-        tmp = shard_path(cache_dir, k) + ".tmp"
-        save_file({n: t.contiguous() for n, t in out.items()}, tmp,
-                  metadata=dict(captions=json.dumps([s["text"] for s in samples])))
-        os.replace(tmp, shard_path(cache_dir, k))
-    return dataset.num_skipped
-
-
 class CachedDataset(torch.utils.data.Dataset):
-    """A cache written by build_cache: dict(latent=(C, T, h, w), y=(1, L, C'), mask=(L,), text=str)."""
+    """A cache written by build_cache: dict(latent=float32 (C, T, h, w), y=bf16 (1, L, C') zero-padded, mask=(L,) int64,
+    text=str). Epoch e (set_epoch) reads clip e % cache_windows of each row; with the posterior, latent = mean + std *
+    noise, the noise drawn from (seed, epoch, index) like VideoDataset's windows: any worker, a resumed run, the same."""
 
     def __init__(self, cfg):
         from safetensors import safe_open
 
         meta = read_meta(cfg)
         if meta is None or not cache_complete(cfg):
-            raise FileNotFoundError(f"{cfg['cache_dir']}: no complete cache (python data.py cache CONFIG)")
-        self.caption_channels, self.rows, self.num_skipped = meta["caption_channels"], [], 0
+            raise FileNotFoundError(f"{cfg['cache_dir']}: no complete cache (python prepare.py cache CONFIG)")
+        self.caption_channels, self.text_tokens, self.windows = meta["caption_channels"], meta["text_tokens"], meta["windows"]
+        self.rows, self.seed, self.epoch = [], cfg["seed"], 0
         for k in range(meta["shards"]):
             with safe_open(shard_path(cfg["cache_dir"], k), "pt") as f:
-                n, captions = len(f.get_tensor("index")), json.loads(f.metadata()["captions"])
-            self.rows += [(k, r, captions[r]) for r in range(n)]
+                if not len(f.get_tensor("index")):
+                    continue
+                lengths, captions = f.get_tensor("lengths").tolist(), json.loads(f.metadata()["captions"])
+            starts = np.cumsum([0] + lengths[:-1]).tolist()
+            self.rows += [(k, r, captions[r], starts[r], lengths[r]) for r in range(len(lengths))]
         self.num_skipped = meta["rows"] - len(self.rows)
         if not self.rows:
             raise ValueError(f"{cfg['cache_dir']}: the cache holds no samples")
@@ -347,26 +420,34 @@ class CachedDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.rows)
 
-    def set_epoch(self, epoch):  # as VideoDataset's; a cache holds one fixed clip per row
-        pass
+    def set_epoch(self, epoch):
+        self.epoch = epoch
 
     def __getitem__(self, index):
         from safetensors import safe_open
 
-        k, r, text = self.rows[index]
+        k, r, text, start, n = self.rows[index]
         if k not in self.files:  # opened lazily, so in each worker (memory-mapped)
             self.files[k] = safe_open(shard_path(self.cache_dir, k), "pt")
-        f = self.files[k]
-        return dict(latent=f.get_slice("latents")[r], y=f.get_slice("y")[r], mask=f.get_slice("mask")[r], text=text)
+        f, w = self.files[k], self.epoch % self.windows
+        latent = f.get_slice("latents")[r, w].float()  # (C, T, h, w)
+        if "std" in f.keys():
+            noise = torch.randn(latent.shape, generator=draws(self.seed, self.epoch, index))
+            latent = latent + f.get_slice("std")[r, w].float() * noise
+        y = torch.zeros(1, self.text_tokens, self.caption_channels, dtype=torch.bfloat16)
+        y[0, :n] = f.get_slice("y")[start:start + n]
+        return dict(latent=latent, y=y, mask=(torch.arange(self.text_tokens) < n).long(), text=text)
+
+
+def video_dataset(cfg):
+    """cfg's clips decoded on the fly (the toy set, make_shapes, is not flipped: its captions say left or right)."""
+    return VideoDataset(cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"], cfg["root"],
+                        flip=not cfg["make_shapes"], seed=cfg["seed"])
 
 
 def build_dataset(cfg):
-    """The training set of cfg: the cache if cfg["cache_dir"], otherwise clips decoded on the fly. The toy set
-    (make_shapes) is not flipped: its captions say left or right."""
-    if cfg["cache_dir"]:
-        return CachedDataset(cfg)
-    return VideoDataset(cfg["data_path"], cfg["num_frames"], cfg["frame_interval"], cfg["image_size"], cfg["root"],
-                        flip=not cfg["make_shapes"], seed=cfg["seed"])
+    """The training set of cfg: the cache if cfg["cache_dir"], otherwise clips decoded on the fly."""
+    return CachedDataset(cfg) if cfg["cache_dir"] else video_dataset(cfg)
 
 
 def caption_channels(cfg, text_encoder=None):
@@ -417,11 +498,7 @@ def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8, csv_name="t
         path = os.path.abspath(os.path.join(out_dir, f"{n:05d}.mp4"))
         write_video(path, shape_clip(colour, shape, direction, rng, num_frames, size), fps)
         rows.append((path, caption))
-    csv_path = os.path.join(out_dir, csv_name)
-    with open(csv_path + ".tmp", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(csv_path + ".tmp", csv_path)
-    return csv_path
+    return write_atomic(os.path.join(out_dir, csv_name), csv_text(rows))
 
 
 def judge_clip(frames, caption):
@@ -481,18 +558,7 @@ def judge_files(target):
 
 # ----------------------------------------------------------------------------- command line
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "cache":
-        if len(sys.argv) < 3:
-            sys.exit("usage: python data.py cache CONFIG.py [--key=value ...]")
-        from config import load_config
-        cfg = load_config(sys.argv[2], sys.argv[3:])
-        if not cfg["cache_dir"]:
-            sys.exit(f"{sys.argv[2]}: set cache_dir (in the file or --cache_dir=...)")
-        ensure_shapes(cfg)
-        skipped = build_cache(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
-        print(f"{cfg['cache_dir']}: complete ({skipped} rows skipped)")
-        sys.exit()
-    parser = argparse.ArgumentParser(description="toy data and its judge (and: data.py cache CONFIG [--k=v ...])")
+    parser = argparse.ArgumentParser(description="toy data and its judge")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("shapes", help="write the moving-shapes toy set")
     p.add_argument("out_dir")

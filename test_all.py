@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import types
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -26,6 +27,7 @@ import diffusion  # noqa: E402
 import layers as L  # noqa: E402
 import model as M  # noqa: E402
 import parallel  # noqa: E402
+import prepare  # noqa: E402
 import text as TX  # noqa: E402
 import vae as V  # noqa: E402
 from config import DEFAULTS, load_config  # noqa: E402
@@ -1074,6 +1076,68 @@ def test_images_header_root(tmp_path):
     assert ds3[1]["text"] == "video"
 
 
+# ----------------------------------------------------------------------------- seeking
+def pan_frames(T=150, H=48, W=64):
+    """Frames that all differ (red shifts by 8 levels a frame): a wrong frame cannot pass for the right one."""
+    y, x = np.mgrid[0:H, 0:W]
+    return np.stack([np.stack([(x * 4 + t * 8) % 256, (y * 5 + t * 3) % 256, np.full_like(x, t * 255 // T)], -1)
+                     for t in range(T)]).astype(np.uint8)
+
+
+def write_timed(path, frames, pts):
+    """An H.264 mp4 whose frame k is shown at pts[k] / 90000 s (variable frame rates)."""
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt, s.codec_context.time_base = frames.shape[2], frames.shape[1], "yuv420p", \
+            Fraction(1, 90000)
+        for f, p in zip(frames, pts):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = p, Fraction(1, 90000)
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    return path
+
+
+SEEK_CASES = {  # file: codec, encoder options, frame rate, whether it seeks (keyframes every 24 or 30 frames)
+    "h264.mp4": ("libx264", {"crf": "20", "g": "24"}, 30, True),  # x264's B-frames: decode order != display order
+    "h264_29.97.mov": ("libx264", {"crf": "20", "g": "30"}, Fraction(30000, 1001), True),
+    "h264.mkv": ("libx264", {"crf": "20", "g": "24"}, 30, True),  # no frame count (packets read), ms timestamps
+    "hevc.mp4": ("libx265", {"crf": "24", "x265-params": "keyint=24:log-level=none"}, 30, True),
+    "vp9.webm": ("libvpx-vp9", {"g": "24"}, 30, True),
+    "mpeg4.avi": ("mpeg4", {"g": "24", "bf": "2"}, 25, False),  # AVI's B-frame packets carry no pts: from the start
+}
+TIMED = {"vfr.mp4": [3000 * k + 1500 * (k // 3) for k in range(150)],  # every 3rd frame lasts 1.5x: not seekable
+         "offgrid.mp4": [3000 * k + 1500 * (k == 75) for k in range(150)]}  # 30 fps, but frame 75 half a frame late
+
+
+@pytest.mark.parametrize("name", [*SEEK_CASES, *TIMED])
+def test_seeking_decode_equals_decoding_from_the_start(tmp_path, name):
+    frames, path = pan_frames(), str(tmp_path / name)
+    if name in TIMED:
+        write_timed(path, frames, TIMED[name])
+    else:
+        codec, options, fps, _ = SEEK_CASES[name]
+        data.write_video(path, frames, fps, codec=codec, options=options)
+    total, start, step = data.frame_timing(path)
+    seeks = name in SEEK_CASES and SEEK_CASES[name][3]
+    assert total == 150 and (step is not None) == (name in SEEK_CASES)  # TIMED: FFmpeg's r_frame_rate sees the odd
+    for first in (0, 5, 23, 24, 25, 30, 60, 71, 102):  # windows of 16 frames every 3rd, around the keyframes
+        picks = np.linspace(first, first + 47, 16, dtype=int).tolist()
+        plain = data.frames_from_start(path, picks)
+        for k in picks:  # frame k is frame k of the source (the nearest of all 150)
+            assert np.abs(plain[k].astype(int) - frames.astype(int)).mean((1, 2, 3)).argmin() == k
+        got = data.frames_seeking(path, picks, start, step) if step is not None else None
+        assert (got is not None) == seeks, first
+        assert got is None or all(np.array_equal(got[k], plain[k]) for k in picks)
+        if seeks:  # timestamps off the assumed grid, or frames missing from it, are never trusted
+            assert data.frames_seeking(path, picks, start, 2 * step) is None
+            assert data.frames_seeking(path, picks, start, step / 2) is None
+            assert data.frames_seeking(path, picks, start + step, step) is None
+    for i in range(4):  # decode itself: random windows, seeking or not
+        assert np.array_equal(data.decode(path, 16, 3, data.draws(0, 0, i)),
+                              data.decode(path, 16, 3, data.draws(0, 0, i), seek=False))
+
+
 # ----------------------------------------------------------------------------- bad data
 def test_bad_rows_skipped_and_counted(tmp_path, capfd):
     good = [gray_clip(tmp_path / f"good{i}.mp4", 8) for i in range(3)]
@@ -1155,29 +1219,46 @@ DATA_TINY_VAE = dict(type="VideoAutoencoderKL", from_pretrained=None,
                 config=dict(block_out_channels=(32, 32), norm_num_groups=8, layers_per_block=1))
 
 
-@pytest.mark.parametrize("vae_cfg", [dict(type="identity"), DATA_TINY_VAE], ids=["identity", "tiny_kl"])
-def test_cache_matches_online_and_resumes(tmp_path, monkeypatch, vae_cfg):
+def cache_cfg(tmp_path, rows=7, **kw):
+    csv_path = data.make_shapes(str(tmp_path / "s"), rows, num_frames=8, size=16)
+    return dict(DEFAULTS, data_path=csv_path, num_frames=4, frame_interval=2, image_size=(16, 16), num_workers=0,
+                cache_dir=str(tmp_path / "cache"), batch_size=2, vae=DATA_TINY_VAE,
+                text_encoder=T5 | dict(model_max_length=32)) | kw  # the toy captions' 23-29 bytes, then padding
+
+
+def bf16(x):
+    return x.bfloat16().float()
+
+
+@pytest.mark.parametrize("vae_cfg, windows, posterior", [(dict(type="identity"), 1, False), (DATA_TINY_VAE, 2, True)],
+                         ids=["identity", "tiny_kl_2windows_posterior"])
+def test_cache_matches_online_and_resumes(tmp_path, monkeypatch, vae_cfg, windows, posterior):
     from text import build_text_encoder
     from vae import build_vae
 
     monkeypatch.setattr(data, "SHARD", 3)
-    csv_path = data.make_shapes(str(tmp_path / "s"), 7, num_frames=8, size=16)
-    cfg = dict(DEFAULTS, data_path=csv_path, num_frames=4, frame_interval=2, image_size=(16, 16),
-               cache_dir=str(tmp_path / "cache"), batch_size=2, vae=vae_cfg, text_encoder=T5)
+    cfg = cache_cfg(tmp_path, vae=vae_cfg, cache_windows=windows, cache_posterior=posterior)
     assert not data.cache_complete(cfg)
-    assert data.build_cache(cfg) == 0 and data.cache_complete(cfg)
+    assert prepare.build_cache(cfg) == [0, 1, 2] and data.cache_complete(cfg)
     cached = data.build_dataset(cfg)
     assert len(cached) == 7 and data.caption_channels(cfg) == 32 and cached.num_skipped == 0
-    online = data.VideoDataset(csv_path, 4, 2, (16, 16), flip=False, seed=cfg["seed"])
-    vae, te = build_vae(vae_cfg), build_text_encoder(T5)
-    for i in range(7):
-        c, o = cached[i], online[i]
-        z = vae.encode(o["video"][None], sample=False)[0]  # (C, T, h, w)
-        text = te.encode([o["text"]])
-        assert c["text"] == o["text"] and c["latent"].shape == z.shape
-        torch.testing.assert_close(c["latent"], z, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(c["y"], text["y"][0])
-        assert torch.equal(c["mask"], text["mask"][0])
+    online = data.video_dataset(cfg)  # flipped at random, as online training
+    vae, te = build_vae(vae_cfg), build_text_encoder(cfg["text_encoder"])
+    for epoch in range(3):  # epoch e of the cache holds online epoch e % windows' clips
+        cached.set_epoch(epoch)
+        online.set_epoch(epoch % windows)
+        for i in range(7):
+            c, o = cached[i], online[i]
+            mean, std = vae.posterior(o["video"][None])  # (1, C, T, h, w) each
+            text = te.encode([o["text"]])
+            n = int(text["mask"].sum())
+            assert c["text"] == o["text"] and c["latent"].shape == mean[0].shape and c["y"].dtype == torch.bfloat16
+            expected = bf16(mean[0])
+            if posterior:  # a new latent each epoch: mean + std * noise, the noise drawn from (seed, epoch, index)
+                expected = expected + bf16(std[0]) * torch.randn(mean[0].shape, generator=data.draws(42, epoch, i))
+            torch.testing.assert_close(c["latent"], expected, atol=1e-5, rtol=2 ** -7)  # 1 bf16 step (batching)
+            torch.testing.assert_close(c["y"][0, :n].float(), bf16(text["y"][0, 0, :n]), atol=1e-6, rtol=2 ** -7)
+            assert not c["y"][0, n:].any() and torch.equal(c["mask"], text["mask"][0])  # padding not stored
     # resume: only the missing shard is written again, and the same
     shards = sorted(os.listdir(cfg["cache_dir"]))
     assert shards == ["meta.json"] + [f"shard{k:05d}.safetensors" for k in range(3)]
@@ -1185,14 +1266,78 @@ def test_cache_matches_online_and_resumes(tmp_path, monkeypatch, vae_cfg):
     before = cached[4]["latent"]
     os.remove(os.path.join(cfg["cache_dir"], "shard00001.safetensors"))
     assert not data.cache_complete(cfg)
-    data.build_cache(cfg)
+    assert prepare.build_cache(cfg) == [1]
     for s in shards:
         same = os.stat(os.path.join(cfg["cache_dir"], s)).st_mtime_ns == stamps[s]
         assert same == (s != "shard00001.safetensors"), s
-    assert torch.equal(data.build_dataset(cfg)[4]["latent"], before)
+    again = data.build_dataset(cfg)
+    again.set_epoch(2)
+    assert torch.equal(again[4]["latent"], before)
     # a cache built with other settings is refused, naming the setting
     with pytest.raises(ValueError, match="image_size"):
         data.cache_complete(dict(cfg, image_size=(8, 8)))
+    with pytest.raises(ValueError, match="cache_windows"):
+        data.cache_complete(dict(cfg, cache_windows=windows + 1))
+
+
+def test_cache_bytes_and_compact_training_equals_fp32_cache(tmp_path):
+    """The compact cache (bf16, kept caption tokens only) trains exactly as today's fp32 cache (fp32 latent means, all
+    L tokens with the T5 outputs at the padding) does once its values are rounded to bf16; the rounding itself moves
+    the loss by bf16's precision only. cache_bytes counts every byte of the shard's tensors."""
+    from safetensors import safe_open
+    from torch.utils.data import default_collate
+
+    from text import build_text_encoder
+    from vae import build_vae
+
+    cfg = cache_cfg(tmp_path, rows=4)
+    prepare.build_cache(cfg)
+    with safe_open(data.shard_path(cfg["cache_dir"], 0), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        assert tensors["latents"].dtype == tensors["y"].dtype == torch.bfloat16 and "std" not in tensors
+        latent_shape, lengths = tensors["latents"].shape[2:], tensors["lengths"].tolist()
+        assert sum(t.numel() * t.element_size() for t in tensors.values()) == sum(
+            prepare.cache_bytes(latent_shape, n, 32) for n in lengths)
+    assert max(lengths) < 32  # padding was dropped
+    compact = default_collate([data.build_dataset(cfg)[i] for i in range(4)])
+    online, vae, te = data.video_dataset(cfg), build_vae(DATA_TINY_VAE), build_text_encoder(cfg["text_encoder"])
+    samples = [online[i] for i in range(4)]
+    fp32 = dict(latent=vae.encode(torch.stack([s["video"] for s in samples]), sample=False),
+                **te.encode([s["text"] for s in samples]))  # y (B, 1, L, C') with the padding's outputs, mask (B, L)
+    model = randomized(STDiT(**TINY_ST | dict(caption_channels=32, model_max_length=32)))  # latents: TINY_ST's
+    scheduler, g = build_scheduler(dict(type="iddpm", timestep_respacing="")), torch.Generator().manual_seed(0)
+    t, noise = torch.randint(0, 1000, (4,), generator=g), torch.randn(compact["latent"].shape, generator=g)
+
+    def step(latent, y, mask):
+        model.zero_grad()
+        loss = scheduler.training_losses(model, latent, t, dict(y=y.float(), mask=mask), noise)["loss"].mean()
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    loss_c, grad_c = step(compact["latent"], compact["y"], compact["mask"])
+    loss_r, grad_r = step(bf16(fp32["latent"]), bf16(fp32["y"]), fp32["mask"])
+    loss_32, _ = step(fp32["latent"], fp32["y"], fp32["mask"])
+    assert abs(loss_c - loss_r) <= 1e-5 * abs(loss_r) and rel_err(grad_c, grad_r) < 1e-4, (loss_c, loss_r)
+    assert 0 < abs(loss_32 - loss_r) < 1e-2 * abs(loss_32)  # what bf16 storage changes: within its rounding
+
+
+def _cache_rank(ctx, cfg):
+    data.SHARD = 3
+    return prepare.build_cache(cfg, rank=ctx.rank, world_size=ctx.world_size)
+
+
+def test_cache_every_rank_encodes_its_shards(tmp_path):
+    """Under torchrun each rank encodes shards rank, rank + world, ...; the cache equals a one-process build."""
+    from safetensors import safe_open
+
+    cfg = cache_cfg(tmp_path, rows=7)
+    assert spawn(_cache_rank, 2, tmp_path, cfg) == [[0, 2], [1]]
+    assert _cache_rank(types.SimpleNamespace(rank=0, world_size=1), dict(cfg, cache_dir=str(tmp_path / "one"))) \
+        == [0, 1, 2]
+    for k in range(3):
+        with safe_open(data.shard_path(cfg["cache_dir"], k), "pt") as a, \
+                safe_open(data.shard_path(str(tmp_path / "one"), k), "pt") as b:
+            assert a.keys() == b.keys() and all(torch.equal(a.get_tensor(n), b.get_tensor(n)) for n in a.keys())
 
 
 # ============================================================================= parallel.py

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 import data
 import parallel
+import prepare
 from config import DTYPES, load_config
 from diffusion import build_scheduler
 from checkpoints import latest_checkpoint, save_checkpoint
@@ -43,10 +44,9 @@ if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN au
 if ctx.is_main:
     data.ensure_shapes(cfg)  # the demo makes its own toy data set on first use
 parallel.barrier()
-if cfg["cache_dir"] and not data.cache_complete(cfg):
-    if ctx.is_main:
-        data.build_cache(cfg, device=device)
-    parallel.barrier()
+if cfg["cache_dir"] and not data.cache_complete(cfg):  # every rank encodes its share of the shards
+    prepare.build_cache(cfg, device=device, rank=ctx.rank, world_size=ctx.world_size)
+parallel.barrier()  # on every rank: one that found the cache complete (the others' last shards renamed) waits too
 dataset = data.build_dataset(cfg)
 sampler = parallel.ShardedSampler(len(dataset), ctx.dp_rank, ctx.dp_size, seed=cfg["seed"])
 loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps DataLoader seeding off the global RNG (exact resume)

@@ -91,6 +91,14 @@ class VideoAutoencoderKL(nn.Module):
         return self.frames(enc, x)
 
     @torch.no_grad()
+    def posterior(self, x):
+        """(B, 3, T, H, W) -> the posterior's mean and std, each (B, C, T, H/f, W/f) on encode's scale (the cache)."""
+        def enc(frames):
+            dist = self.module.encode(frames).latent_dist
+            return torch.cat([dist.mean, dist.std], 1) * SCALE
+        return self.frames(enc, x).chunk(2, 1)
+
+    @torch.no_grad()
     def decode(self, z):
         """(B, C, T, h, w) -> (B, 3, T, h*f, w*f), roughly in [-1, 1] (not clamped)."""
         return self.frames(lambda frames: self.module.decode(frames / SCALE).sample, z)
@@ -117,6 +125,9 @@ class IdentityVAE(nn.Module):
 
     def encode(self, x, sample=True):
         return x * self.scale
+
+    def posterior(self, x):
+        return x * self.scale, torch.zeros_like(x)
 
     def decode(self, z):
         return z / self.scale
