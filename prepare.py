@@ -48,8 +48,9 @@ def bad_path(out):
 
 
 def run_pool(fn, items, out, workers, desc):
-    """[fn(item) for item in items], computed by `workers` processes; each result is appended to OUT.partial as it
-    comes, so an interrupted run loses nothing and a re-run computes only the items missing there."""
+    """[result for item in items] where fn(item) = (item, result), computed by `workers` processes; each is appended to
+    OUT.partial as it comes, so an interrupted run loses nothing and a re-run computes only the items missing there.
+    Returns the results and the journal's path (removed by finish)."""
     from tqdm import tqdm
 
     journal, done = out + ".partial", {}
@@ -128,7 +129,7 @@ def folder(src, out, captions=None, workers=4):
         known[os.path.normpath(row[0])] = known[os.path.basename(row[0])] = row[1] if len(row) > 1 else ""
     results, journal = run_pool(describe, paths, out, workers, f"reading {src}")
     good, bad = [], []
-    for path, info in results:
+    for path, info in zip(paths, results):
         if isinstance(info, str):
             bad.append([path, info])
             continue
@@ -149,8 +150,8 @@ def check(src, out, workers=4):
     frames that really decode), the others to the report with their reason."""
     rows = read_rows(src)
     results, journal = run_pool(check_row, rows, out, workers, f"checking {src}")
-    good = [row[:2] + info for row, info in results if not isinstance(info, str)]
-    finish(out, good, [[row[0], info] for row, info in results if isinstance(info, str)], journal)
+    good = [row[:2] + info for row, info in zip(rows, results) if not isinstance(info, str)]
+    finish(out, good, [[row[0], info] for row, info in zip(rows, results) if isinstance(info, str)], journal)
 
 
 def filter_rows(src, out, fmin=None, fmax=None, remove_empty_caption=False, remove_caption_prefix=False):
@@ -224,8 +225,8 @@ def scenes(src, out_dir, out, min_seconds=1.0, max_seconds=10.0, shorter_size=0,
         sys.exit("prepare.py scenes needs PySceneDetect (the library v1.0's tool used): pip install scenedetect")
     items = [(row, os.path.abspath(out_dir), min_seconds, max_seconds, shorter_size) for row in read_rows(src)]
     results, journal = run_pool(scene_row, items, out, workers, f"cutting {src}")
-    good = [clip for _, clips in results if not isinstance(clips, str) for clip in clips]
-    finish(out, good, [[item[0][0], clips] for item, clips in results if isinstance(clips, str)], journal)
+    good = [clip for clips in results if not isinstance(clips, str) for clip in clips]
+    finish(out, good, [[item[0][0], clips] for item, clips in zip(items, results) if isinstance(clips, str)], journal)
 
 
 # ----------------------------------------------------------------------------- the latent cache
@@ -322,7 +323,7 @@ def bench_clip(path, seconds, height, width, fps=30):
     blobs = torch.nn.functional.interpolate(blobs, size=(height, width + pan), mode="bilinear")[0]  # (3, H, W + pan)
     scene = (blobs.permute(1, 2, 0).numpy() * 200).astype(np.int16)
     scene += rng.integers(0, 40, (height // 4, (width + pan) // 4, 1), dtype=np.int16).repeat(4, 0).repeat(4, 1)
-    noise = [rng.integers(-4, 5, (height, width, 3), dtype=np.int16) for _ in range(5)]
+    noise = [rng.integers(-12, 13, (height, width, 3), dtype=np.int16) for _ in range(5)]
     frames = (np.clip(scene[:, 4 * t:4 * t + width] + noise[t % 5], 0, 255).astype(np.uint8)
               for t in range(seconds * fps))
     return data.write_video(path, frames, fps, options=dict(crf="23", preset="veryfast"))

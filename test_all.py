@@ -1340,6 +1340,131 @@ def test_cache_every_rank_encodes_its_shards(tmp_path):
             assert a.keys() == b.keys() and all(torch.equal(a.get_tensor(n), b.get_tensor(n)) for n in a.keys())
 
 
+# ============================================================================= prepare.py
+def faststart_cut(src, dst):
+    """src remuxed with its index first (as web mp4s are), then cut: the index lists frames that are not there."""
+    with av.open(src) as i, av.open(dst, "w", options={"movflags": "faststart"}) as o:
+        stream = o.add_stream_from_template(i.streams.video[0])
+        for packet in i.demux(i.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                o.mux(packet)
+    blob = open(dst, "rb").read()
+    open(dst, "wb").write(blob[:len(blob) * 2 // 3])
+    return dst
+
+
+def video_folder(tmp_path):
+    """videos/: captioned by .txt (an H.264 mp4, a png), by captions.csv (a VP9 webm, an mkv in a subfolder), a short
+    4K clip captioned by .txt, an mp4 without caption; broken: a cut mp4, a text file named .mp4, an empty .webm, and
+    a cut mp4 whose index comes first (it opens, but frames are missing: only `check` finds it)."""
+    v, frames = tmp_path / "videos", pan_frames(40)
+    (v / "sub").mkdir(parents=True)
+    data.write_video(str(v / "a.mp4"), frames, 30)
+    (v / "a.txt").write_text("The video shows a pan\nover colours ")
+    write_png(v / "img.png", frames[0])
+    (v / "img.png").with_suffix(".txt").write_text("a still")
+    data.write_video(str(v / "c.webm"), frames[:30], 30, codec="libvpx-vp9", options={})
+    data.write_video(str(v / "sub" / "b.mkv"), frames, 25)
+    big = np.zeros((10, 2160, 3840, 3), np.uint8) + np.arange(10, dtype=np.uint8)[:, None, None, None] * 20
+    data.write_video(str(v / "big4k.mp4"), big, 30, options=dict(preset="ultrafast"))
+    (v / "big4k.txt").write_text("a 4K clip")
+    data.write_video(str(v / "nocap.mp4"), frames, 30)
+    cut = data.write_video(str(v / "cut.mp4"), frames, 30)
+    open(cut, "wb").write(open(cut, "rb").read()[:3000])
+    (v / "text.mp4").write_text("not a video")
+    (v / "empty.webm").write_bytes(b"")
+    faststart_cut(str(v / "a.mp4"), str(v / "fast_cut.mp4"))
+    write_csv(tmp_path / "captions.csv", [["sub/b.mkv", "an mkv"], ["c.webm", "a webm"]])
+    return v
+
+
+def test_prepare_folder_check_filter_then_train(tmp_path, capfd):
+    v = video_folder(tmp_path)
+    raw, good, train = (str(tmp_path / n) for n in ("raw.csv", "good.csv", "train.csv"))
+    prepare.main(["folder", str(v), raw, "--captions", str(tmp_path / "captions.csv"), "--workers", "2"])
+    rows = {os.path.basename(r[0]): r for r in prepare.read_rows(raw)}
+    assert sorted(rows) == ["a.mp4", "b.mkv", "big4k.mp4", "c.webm", "fast_cut.mp4", "img.png", "nocap.mp4"]
+    assert rows["a.mp4"][1:] == ["The video shows a pan over colours", "40", "30", "48", "64"]
+    assert rows["b.mkv"][1:] == ["an mkv", "40", "25", "48", "64"] and rows["c.webm"][1:3] == ["a webm", "30"]
+    assert rows["big4k.mp4"][1:] == ["a 4K clip", "10", "30", "2160", "3840"] and rows["img.png"][2] == "1"
+    assert rows["nocap.mp4"][1] == "" and rows["fast_cut.mp4"][2] == "40"  # its index lists 40 frames
+    bad = {os.path.basename(p): reason for p, reason in prepare.read_rows(prepare.bad_path(raw))}
+    assert sorted(bad) == ["cut.mp4", "empty.webm", "text.mp4"] and all("unreadable" in r for r in bad.values())
+    err = capfd.readouterr()
+    assert all(f"bad: {v / n}:" in err.err for n in bad) and "2 rows have no caption" in err.out  # nocap, fast_cut
+    prepare.main(["check", raw, good, "--workers", "2"])
+    assert [r[0] for r in prepare.read_rows(prepare.bad_path(good))] == [str(v / "fast_cut.mp4")]
+    assert "truncated: the container lists 40 frames" in prepare.read_rows(prepare.bad_path(good))[0][1]
+    assert len(prepare.read_rows(good)) == 6 and not os.path.exists(good + ".partial")
+    prepare.main(["filter", good, train, "--fmin", "10", "--remove_empty_caption", "--remove_caption_prefix"])
+    rows = {os.path.basename(r[0]): r for r in prepare.read_rows(train)}
+    assert sorted(rows) == ["a.mp4", "b.mkv", "big4k.mp4", "c.webm"]  # img.png: 1 frame; nocap.mp4: no caption
+    assert rows["a.mp4"][1] == "A pan over colours"
+    with pytest.raises(SystemExit, match="row 1: no num_frames"):
+        prepare.main(["filter", str(tmp_path / "captions.csv"), str(tmp_path / "x.csv"), "--fmax", "5"])
+    out = run_train(tmp_path, f"--data_path={train}", "--cache_dir=None", "--make_shapes=0", "--max_steps=2",
+                    "--batch_size=2", f"--outputs={tmp_path}/o", "--image_size=(16, 16)")
+    assert sorted(losses(tmp_path / "o/shapes")) == [1, 2], out.stderr[-2000:]
+
+
+_real_describe = prepare.describe
+
+
+def _describe_until_power_cut(path):  # module level: the pool pickles it by name
+    if path.endswith("c.webm"):
+        raise RuntimeError("power cut")
+    return _real_describe(path)
+
+
+def test_prepare_interrupted_leaves_no_file_and_resumes(tmp_path, monkeypatch, capfd):
+    v, raw = video_folder(tmp_path), str(tmp_path / "raw.csv")
+    monkeypatch.setattr(prepare, "describe", _describe_until_power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        prepare.main(["folder", str(v), raw, "--workers", "1"])  # one worker: the files in order, a.mp4 first
+    assert not os.path.exists(raw) and not os.path.exists(prepare.bad_path(raw))
+    journal = [json.loads(line) for line in open(raw + ".partial")]
+    assert [os.path.basename(p) for p, _ in journal] == ["a.mp4", "big4k.mp4"]
+    with open(raw + ".partial", "w") as f:  # what a.mp4 gave: changed, to show it is not computed again
+        f.write(json.dumps([journal[0][0], [999, "30", 48, 64]]) + "\n" + json.dumps(journal[1]) + "\n[\"cut sh")
+    monkeypatch.undo()
+    prepare.main(["folder", str(v), raw, "--workers", "1"])
+    assert "resuming, 2 of 10 rows already done" in capfd.readouterr().out
+    assert prepare.read_rows(raw)[0][2] == "999" and not os.path.exists(raw + ".partial")
+    assert len(prepare.read_rows(raw)) == 7 and len(prepare.read_rows(prepare.bad_path(raw))) == 3
+
+
+def test_prepare_scenes(tmp_path, monkeypatch):
+    import importlib.util
+    frames = np.zeros((120, 64, 96, 3), np.uint8)
+    frames[:40], frames[40:70], frames[70:] = (220, 30, 30), (20, 20, 20), (30, 30, 220)  # 3 scenes
+    src = write_csv(tmp_path / "src.csv", [[data.write_video(str(tmp_path / "s.mp4"), frames, 30), "three"],
+                                           [str(tmp_path / "missing.mp4"), "gone"]])
+    out = str(tmp_path / "clips.csv")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "scenedetect" else find_spec(name))
+    with pytest.raises(SystemExit, match="pip install scenedetect"):
+        prepare.main(["scenes", src, str(tmp_path / "clips"), out])
+    monkeypatch.undo()
+    if find_spec("scenedetect") is None:
+        pytest.skip("PySceneDetect is not installed (pip install scenedetect)")
+    prepare.main(["scenes", src, str(tmp_path / "clips"), out, "--min_seconds=0.5", "--max_seconds=1.2",
+                  "--shorter_size=32", "--workers=1"])
+    rows = prepare.read_rows(out)  # red 40 frames -> 36 (+4 dropped), black 30, blue 50 -> 36 (+14 dropped)
+    assert [(os.path.basename(r[0]), r[1:]) for r in rows] == [
+        (f"s_scene-{k}.mp4", ["three", n, "30", "32", "48"]) for k, n in enumerate(["36", "30", "36"])]
+    for (path, *_), colour in zip(rows, [(220, 30, 30), (20, 20, 20), (30, 30, 220)]):
+        assert np.abs(data.read_video(path).astype(int) - colour).max() < 12
+    assert prepare.read_rows(prepare.bad_path(out))[0][0] == str(tmp_path / "missing.mp4")
+
+
+def test_prepare_bench_measures_the_loader(tmp_path):
+    clip = data.write_video(str(tmp_path / "p.mp4"), pan_frames(90), 30, options=dict(g="30"))
+    csv_path = write_csv(tmp_path / "b.csv", [[clip, "pan"]] * 20)
+    assert prepare.loader_rate(csv_path, 4, 16, 2, 1, 4) > 0
+    assert prepare.window_seconds(clip, 2.0, frames=4) > 0 and prepare.window_seconds(clip, 0.1, seek=False) > 0
+
+
 # ============================================================================= parallel.py
 TINY_ST = dict(input_size=(4, 8, 8), in_channels=4, patch_size=(1, 2, 2), hidden_size=32, depth=2, num_heads=4,
                caption_channels=16, model_max_length=8, class_dropout_prob=0)
