@@ -131,8 +131,9 @@ def open_video(path):
 def frame_timing(path):
     """(total, start, step): the video's frame count, frame 0's pts and the pts ticks from one frame to the next, step
     None where frame k's pts is not known to be start + k * step (variable frame rate): then no seeking. mp4/mov/avi
-    give the count, rate and duration in their index (count * step must equal the duration; frames after a seek are
-    checked as they come); mkv/webm list no count: their packets are read (not decoded) and every pts checked."""
+    give the count, rate and duration in their index (count * step must equal the duration: the frames before a seek
+    are vouched for by that alone, those after it are checked as they come); mkv/webm list no count: their packets are
+    read (not decoded) and every pts checked. FFmpeg's r_frame_rate (base_rate) must equal the average rate."""
     container, stream = open_video(path)
     with container:
         rate, start = stream.average_rate, stream.start_time

@@ -87,8 +87,8 @@ def finish(out, good, bad, journal=None):
 
 
 def describe(path):
-    """(path, num_frames, fps, height, width) of a video from its container (frames: data.frame_timing's count), or
-    the reason it cannot be read."""
+    """(path, [num_frames, fps, height, width]) from the container's header (num_frames: the count data.decode uses),
+    or (path, the reason it cannot be read)."""
     try:
         if path.lower().endswith(data.IMAGE_EXTS):
             total = 1
@@ -221,6 +221,7 @@ def piece(frames, a, b, shorter_size):
 
 
 def scenes(src, out_dir, out, min_seconds=1.0, max_seconds=10.0, shorter_size=0, workers=4):
+    """Every row's video cut at its scene changes (scene_row) into out_dir; out lists the clips."""
     if importlib.util.find_spec("scenedetect") is None:
         sys.exit("prepare.py scenes needs PySceneDetect (the library v1.0's tool used): pip install scenedetect")
     items = [(row, os.path.abspath(out_dir), min_seconds, max_seconds, shorter_size) for row in read_rows(src)]
