@@ -1106,13 +1106,13 @@ SEEK_CASES = {  # file: codec, encoder options, frame rate, whether it seeks (ke
     "vp9.webm": ("libvpx-vp9", {"g": "24"}, 30, True),
     "mpeg4.avi": ("mpeg4", {"g": "24", "bf": "2"}, 25, False),  # AVI's B-frame packets carry no pts: from the start
 }
-TIMED = {"vfr.mp4": [3000 * k + 1500 * (k // 3) for k in range(150)],  # every 3rd frame lasts 1.5x: not seekable
-         "offgrid.mp4": [3000 * k + 1500 * (k == 75) for k in range(150)]}  # 30 fps, but frame 75 half a frame late
+TIMED = {"vfr.mp4": [3000 * k + 1500 * (k // 3) for k in range(100)],  # every 3rd frame lasts 1.5x: not seekable
+         "offgrid.mp4": [3000 * k + 1500 * (k == 75) for k in range(100)]}  # 30 fps, but frame 75 half a frame late
 
 
 @pytest.mark.parametrize("name", [*SEEK_CASES, *TIMED])
 def test_seeking_decode_equals_decoding_from_the_start(tmp_path, name):
-    frames, path = pan_frames(), str(tmp_path / name)
+    frames, path = pan_frames(100), str(tmp_path / name)
     if name in TIMED:
         write_timed(path, frames, TIMED[name])
     else:
@@ -1120,8 +1120,8 @@ def test_seeking_decode_equals_decoding_from_the_start(tmp_path, name):
         data.write_video(path, frames, fps, codec=codec, options=options)
     total, start, step = data.frame_timing(path)
     seeks = name in SEEK_CASES and SEEK_CASES[name][3]
-    assert total == 150 and (step is not None) == (name in SEEK_CASES)  # TIMED: FFmpeg's r_frame_rate sees the odd
-    for first in (0, 5, 23, 24, 25, 30, 60, 71, 102):  # windows of 16 frames every 3rd, around the keyframes
+    assert total == 100 and (step is not None) == (name in SEEK_CASES)  # TIMED: FFmpeg's r_frame_rate sees the odd
+    for first in (0, 23, 24, 25, 50):  # windows of 16 frames every 3rd, around the keyframes (every 24 or 30)
         picks = np.linspace(first, first + 47, 16, dtype=int).tolist()
         plain = data.frames_from_start(path, picks)
         for k in picks:  # frame k is frame k of the source (the nearest of all 150)
@@ -1129,11 +1129,11 @@ def test_seeking_decode_equals_decoding_from_the_start(tmp_path, name):
         got = data.frames_seeking(path, picks, start, step) if step is not None else None
         assert (got is not None) == seeks, first
         assert got is None or all(np.array_equal(got[k], plain[k]) for k in picks)
-        if seeks:  # timestamps off the assumed grid, or frames missing from it, are never trusted
+        if seeks and first == 25:  # timestamps off the assumed grid, or frames missing from it, are never trusted
             assert data.frames_seeking(path, picks, start, 2 * step) is None
             assert data.frames_seeking(path, picks, start, step / 2) is None
             assert data.frames_seeking(path, picks, start + step, step) is None
-    for i in range(4):  # decode itself: random windows, seeking or not
+    for i in range(2):  # decode itself: random windows, seeking or not
         assert np.array_equal(data.decode(path, 16, 3, data.draws(0, 0, i)),
                               data.decode(path, 16, 3, data.draws(0, 0, i), seek=False))
 
@@ -1236,18 +1236,18 @@ def test_cache_matches_online_and_resumes(tmp_path, monkeypatch, vae_cfg, window
     from text import build_text_encoder
     from vae import build_vae
 
-    monkeypatch.setattr(data, "SHARD", 3)
-    cfg = cache_cfg(tmp_path, vae=vae_cfg, cache_windows=windows, cache_posterior=posterior)
+    monkeypatch.setattr(data, "SHARD", 2)
+    cfg = cache_cfg(tmp_path, rows=5, vae=vae_cfg, cache_windows=windows, cache_posterior=posterior)
     assert not data.cache_complete(cfg)
     assert prepare.build_cache(cfg) == [0, 1, 2] and data.cache_complete(cfg)
     cached = data.build_dataset(cfg)
-    assert len(cached) == 7 and data.caption_channels(cfg) == 32 and cached.num_skipped == 0
+    assert len(cached) == 5 and data.caption_channels(cfg) == 32 and cached.num_skipped == 0
     online = data.video_dataset(cfg)  # flipped at random, as online training
     vae, te = build_vae(vae_cfg), build_text_encoder(cfg["text_encoder"])
     for epoch in range(3):  # epoch e of the cache holds online epoch e % windows' clips
         cached.set_epoch(epoch)
         online.set_epoch(epoch % windows)
-        for i in range(7):
+        for i in range(5):
             c, o = cached[i], online[i]
             mean, std = vae.posterior(o["video"][None])  # (1, C, T, h, w) each
             text = te.encode([o["text"]])
@@ -1263,7 +1263,7 @@ def test_cache_matches_online_and_resumes(tmp_path, monkeypatch, vae_cfg, window
     shards = sorted(os.listdir(cfg["cache_dir"]))
     assert shards == ["meta.json"] + [f"shard{k:05d}.safetensors" for k in range(3)]
     stamps = {s: os.stat(os.path.join(cfg["cache_dir"], s)).st_mtime_ns for s in shards}
-    before = cached[4]["latent"]
+    before = cached[3]["latent"]
     os.remove(os.path.join(cfg["cache_dir"], "shard00001.safetensors"))
     assert not data.cache_complete(cfg)
     assert prepare.build_cache(cfg) == [1]
@@ -1272,7 +1272,7 @@ def test_cache_matches_online_and_resumes(tmp_path, monkeypatch, vae_cfg, window
         assert same == (s != "shard00001.safetensors"), s
     again = data.build_dataset(cfg)
     again.set_epoch(2)
-    assert torch.equal(again[4]["latent"], before)
+    assert torch.equal(again[3]["latent"], before)
     # a cache built with other settings is refused, naming the setting
     with pytest.raises(ValueError, match="image_size"):
         data.cache_complete(dict(cfg, image_size=(8, 8)))
@@ -1322,7 +1322,7 @@ def test_cache_bytes_and_compact_training_equals_fp32_cache(tmp_path):
 
 
 def _cache_rank(ctx, cfg):
-    data.SHARD = 3
+    data.SHARD = 2
     return prepare.build_cache(cfg, rank=ctx.rank, world_size=ctx.world_size)
 
 
@@ -1330,7 +1330,7 @@ def test_cache_every_rank_encodes_its_shards(tmp_path):
     """Under torchrun each rank encodes shards rank, rank + world, ...; the cache equals a one-process build."""
     from safetensors import safe_open
 
-    cfg = cache_cfg(tmp_path, rows=7)
+    cfg = cache_cfg(tmp_path, rows=5, vae=dict(type="identity"))
     assert spawn(_cache_rank, 2, tmp_path, cfg) == [[0, 2], [1]]
     assert _cache_rank(types.SimpleNamespace(rank=0, world_size=1), dict(cfg, cache_dir=str(tmp_path / "one"))) \
         == [0, 1, 2]
@@ -1366,7 +1366,7 @@ def video_folder(tmp_path):
     (v / "img.png").with_suffix(".txt").write_text("a still")
     data.write_video(str(v / "c.webm"), frames[:30], 30, codec="libvpx-vp9", options={})
     data.write_video(str(v / "sub" / "b.mkv"), frames, 25)
-    big = np.zeros((10, 2160, 3840, 3), np.uint8) + np.arange(10, dtype=np.uint8)[:, None, None, None] * 20
+    big = np.zeros((4, 2160, 3840, 3), np.uint8) + np.arange(4, dtype=np.uint8)[:, None, None, None] * 50
     data.write_video(str(v / "big4k.mp4"), big, 30, options=dict(preset="ultrafast"))
     (v / "big4k.txt").write_text("a 4K clip")
     data.write_video(str(v / "nocap.mp4"), frames, 30)
@@ -1387,7 +1387,7 @@ def test_prepare_folder_check_filter_then_train(tmp_path, capfd):
     assert sorted(rows) == ["a.mp4", "b.mkv", "big4k.mp4", "c.webm", "fast_cut.mp4", "img.png", "nocap.mp4"]
     assert rows["a.mp4"][1:] == ["The video shows a pan over colours", "40", "30", "48", "64"]
     assert rows["b.mkv"][1:] == ["an mkv", "40", "25", "48", "64"] and rows["c.webm"][1:3] == ["a webm", "30"]
-    assert rows["big4k.mp4"][1:] == ["a 4K clip", "10", "30", "2160", "3840"] and rows["img.png"][2] == "1"
+    assert rows["big4k.mp4"][1:] == ["a 4K clip", "4", "30", "2160", "3840"] and rows["img.png"][2] == "1"
     assert rows["nocap.mp4"][1] == "" and rows["fast_cut.mp4"][2] == "40"  # its index lists 40 frames
     bad = {os.path.basename(p): reason for p, reason in prepare.read_rows(prepare.bad_path(raw))}
     assert sorted(bad) == ["cut.mp4", "empty.webm", "text.mp4"] and all("unreadable" in r for r in bad.values())
@@ -1397,7 +1397,7 @@ def test_prepare_folder_check_filter_then_train(tmp_path, capfd):
     assert [r[0] for r in prepare.read_rows(prepare.bad_path(good))] == [str(v / "fast_cut.mp4")]
     assert "truncated: the container lists 40 frames" in prepare.read_rows(prepare.bad_path(good))[0][1]
     assert len(prepare.read_rows(good)) == 6 and not os.path.exists(good + ".partial")
-    prepare.main(["filter", good, train, "--fmin", "10", "--remove_empty_caption", "--remove_caption_prefix"])
+    prepare.main(["filter", good, train, "--fmin", "4", "--remove_empty_caption", "--remove_caption_prefix"])
     rows = {os.path.basename(r[0]): r for r in prepare.read_rows(train)}
     assert sorted(rows) == ["a.mp4", "b.mkv", "big4k.mp4", "c.webm"]  # img.png: 1 frame; nocap.mp4: no caption
     assert rows["a.mp4"][1] == "A pan over colours"
