@@ -396,7 +396,7 @@ def cache_complete(cfg):
 class CachedDataset(torch.utils.data.Dataset):
     """A cache written by build_cache: dict(latent=float32 (C, T, h, w), y=bf16 (1, L, C') zero-padded, mask=(L,) int64,
     text=str). Epoch e (set_epoch) reads clip e % cache_windows of each row; with the posterior, latent = mean + std *
-    noise, the noise drawn from (seed, epoch, index) like VideoDataset's windows: any worker, a resumed run, the same."""
+    noise, the noise drawn from (seed, epoch, index) like VideoDataset's windows: any worker, a resumed run, alike."""
 
     def __init__(self, cfg):
         from safetensors import safe_open
@@ -404,8 +404,8 @@ class CachedDataset(torch.utils.data.Dataset):
         meta = read_meta(cfg)
         if meta is None or not cache_complete(cfg):
             raise FileNotFoundError(f"{cfg['cache_dir']}: no complete cache (python prepare.py cache CONFIG)")
-        self.caption_channels, self.text_tokens, self.windows = meta["caption_channels"], meta["text_tokens"], meta["windows"]
-        self.rows, self.seed, self.epoch = [], cfg["seed"], 0
+        self.caption_channels, self.text_tokens = meta["caption_channels"], meta["text_tokens"]
+        self.windows, self.rows, self.seed, self.epoch = meta["windows"], [], cfg["seed"], 0
         for k in range(meta["shards"]):
             with safe_open(shard_path(cfg["cache_dir"], k), "pt") as f:
                 if not len(f.get_tensor("index")):

@@ -309,13 +309,14 @@ def cache_bytes(latent_shape, tokens, caption_channels, windows=1, posterior=Fal
 
 # ----------------------------------------------------------------------------- loader speed and cache size
 LOADER_ROWS = {"16x256": (16, 256, 8), "16x512": (16, 512, 2), "64x512": (64, 512, 1)}  # bench.py's online rows:
-SOURCES = {"1080p": (1080, 1920), "4K": (2160, 3840)}  # frames (every 3rd), size, batch
+SOURCES = {"1080p": (1080, 1920, 250), "4K": (2160, 3840, 250),  # frames (every 3rd), size, batch; height, width,
+           "512p": (512, 910, 30)}  # keyframe interval: x264's default, or prepare.py scenes --shorter_size 512's
 
 
-def bench_clip(path, seconds, height, width, fps=30):
+def bench_clip(path, seconds, height, width, keyint=250, fps=30):
     """A synthetic camera pan (4 px a frame) over smooth colour blobs and fine texture, with sensor noise, encoded by
-    x264 (crf 23, preset veryfast, its default keyframe interval of 250): ~7 Mbit/s at 1080p, like stock footage.
-    Written once: an existing file is kept."""
+    x264 (crf 23, preset veryfast, a keyframe every `keyint` frames): ~7 Mbit/s at 1080p, 28 at 4K, like stock
+    footage. Written once: an existing file is kept."""
     if os.path.exists(path):
         return path
     rng = np.random.default_rng(0)
@@ -323,11 +324,12 @@ def bench_clip(path, seconds, height, width, fps=30):
     blobs = torch.rand(1, 3, height // 64 + 2, (width + pan) // 64 + 2, generator=torch.Generator().manual_seed(0))
     blobs = torch.nn.functional.interpolate(blobs, size=(height, width + pan), mode="bilinear")[0]  # (3, H, W + pan)
     scene = (blobs.permute(1, 2, 0).numpy() * 200).astype(np.int16)
-    scene += rng.integers(0, 40, (height // 4, (width + pan) // 4, 1), dtype=np.int16).repeat(4, 0).repeat(4, 1)
+    texture = rng.integers(0, 40, (height // 4 + 1, (width + pan) // 4 + 1, 1), dtype=np.int16)
+    scene += texture.repeat(4, 0).repeat(4, 1)[:height, :width + pan]
     noise = [rng.integers(-12, 13, (height, width, 3), dtype=np.int16) for _ in range(5)]
     frames = (np.clip(scene[:, 4 * t:4 * t + width] + noise[t % 5], 0, 255).astype(np.uint8)
               for t in range(seconds * fps))
-    return data.write_video(path, frames, fps, options=dict(crf="23", preset="veryfast"))
+    return data.write_video(path, frames, fps, options=dict(crf="23", preset="veryfast", g=str(keyint)))
 
 
 def loader_rate(csv_path, frames, size, batch, workers, samples):
@@ -359,15 +361,15 @@ def window_seconds(path, at, frames=16, repeats=3, seek=True):
 
 
 def bench(clip_dir, workers=(1, 2), samples=8, feed=None):
-    """Print the loader's samples/s per worker on generated 30 s 1080p and 4K clips for bench.py's online training rows,
-    the workers each row needs at `feed` samples/s, the cost of a window by position in a 60 s clip, and the cache's
-    bytes per sample."""
+    """Print the loader's samples/s per worker on generated 30 s clips (1080p and 4K, and 512p with a keyframe every
+    second as prepare.py scenes writes) for bench.py's online training rows, the workers each row needs at `feed`
+    samples/s, the cost of a window by position in a 60 s 1080p clip, and the cache's bytes per sample."""
     torch.set_num_threads(1)  # as in DataLoader workers
     print("| source | loader row | " + " | ".join(f"{w} workers: samples/s per worker" for w in workers) + " |")
     print("|---|---|" + "---|" * len(workers))
     per_worker = {}
-    for source, (height, width) in SOURCES.items():
-        clip = bench_clip(os.path.join(clip_dir, f"{source}_30s.mp4"), 30, height, width)
+    for source, (height, width, keyint) in SOURCES.items():
+        clip = bench_clip(os.path.join(clip_dir, f"{source}_30s.mp4"), 30, height, width, keyint)
         csv_path = data.write_atomic(os.path.join(clip_dir, f"{source}.csv"), data.csv_text([[clip, "bench"]] * 1000))
         for row, (frames, size, batch) in LOADER_ROWS.items():
             rates = [loader_rate(csv_path, frames, size, batch, w, samples) / w for w in workers]
