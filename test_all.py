@@ -3,6 +3,7 @@
 Fixture tests read the folder named by $FIXTURES (default ../shared/fixtures): they skip when it is absent and fail
 when FIXTURES is set but a file is missing. Multi-process tests use gloo through torch.multiprocessing.
 """
+import ast
 import csv
 import json
 import os
@@ -97,6 +98,114 @@ def test_stdit_matches_v1_fixture():
     assert err < 1e-5 and err_nomask < 1e-5
 
 
+def zoo_cases(fixture):
+    """The model cases of a zoo fixture: the file itself, or its entries that are cases."""
+    if "model_type" in fixture:
+        return {"": fixture}
+    return {k: v for k, v in fixture.items() if isinstance(v, dict) and "model_type" in v}
+
+
+def zoo_model(case):
+    """Build the case's class from its config; the computed position buffers must equal v1.0's before loading."""
+    model = M.MODELS[case["model_type"]][0](**case["config"])
+    for key, value in model.state_dict().items():
+        if key.startswith("pos_embed"):
+            assert torch.equal(value, case["state_dict"][key]), key
+    model.load_state_dict(case["state_dict"], strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["zoo_dit_text_ref.pt", "zoo_dit_label_ref.pt", "zoo_latte_ref.pt",
+                                  "zoo_pixart_ref.pt", "zoo_pixartms_ref.pt"])
+def test_zoo_models_match_v1_fixture(name):
+    """DiT, Latte, PixArt, PixArtMS against v1.0's classes on random weights: every output of every case."""
+    fixture, errs = load_fixture(name), {}
+    for tag, case in zoo_cases(fixture).items():
+        model, inputs = zoo_model(case), (case["x"], case["timestep"], case["y"])
+        runs = {"out": (fixture if not tag else case, {})}
+        if "mask" in case:  # PixArt family: with and without the caption mask
+            runs = {"out": (case, dict(mask=case["mask"])), "out_nomask": (case, {})}
+        if "data_info" in fixture:  # PixArtMS: the size conditioning, also tiled from one row
+            runs = {"out": dict(mask=case["mask"], data_info=fixture["data_info"]),
+                    "out_nomask": dict(data_info=fixture["data_info"]),
+                    "out_one_row": dict(mask=case["mask"], data_info=fixture["data_info_one_row"])}
+            runs = {k: (fixture, v) for k, v in runs.items()}
+        with torch.no_grad():
+            for key, (where, kwargs) in runs.items():
+                errs[f"{tag}.{key}".strip(".")] = rel_err(model(*inputs, **kwargs), where[key])
+    print(f"{name} vs v1.0:", {k: f"{v:.2e}" for k, v in errs.items()})
+    assert errs and all(e < 1e-5 for e in errs.values()), errs
+
+
+def test_zoo_encoders_match_v1_fixture():
+    """CLIP's pooled caption (a tiny random CLIP, the README's stand-in tokenizer) and the classes encoder."""
+    ref = load_fixture("zoo_encoders_ref.pt")
+    clip, classes = ref["clip"], ref["classes"]
+    enc = TX.ClipEncoder(None, model_max_length=clip["model_max_length"], config=clip["clip_config"])
+    enc.model.load_state_dict(clip["state_dict"], strict=True)
+
+    def tokenizer(texts, max_length, **kwargs):  # [bos] + ids[:max_length - 2] + [eos], padded with eos
+        rows = [[clip["bos_id"]] + [int(w) for w in t.split()][:max_length - 2] + [clip["eos_id"]] for t in texts]
+        return dict(input_ids=torch.tensor([r + [clip["eos_id"]] * (max_length - len(r)) for r in rows]))
+    enc.tokenizer = tokenizer
+    assert torch.equal(tokenizer(clip["prompts"], clip["model_max_length"])["input_ids"], clip["input_ids"])
+    out = enc.encode(clip["prompts"])
+    assert sorted(out) == sorted(clip["encode_keys"]) and enc.output_dim == clip["output_dim"]
+    enc.y_embedder = types.SimpleNamespace(y_embedding=clip["y_embedding"])
+    errs = dict(y=rel_err(out["y"], clip["y"]), null=rel_err(enc.null(clip["n_null"]), clip["null"]))
+    print("CLIP encoder vs v1.0:", {k: f"{v:.2e}" for k, v in errs.items()})
+    assert all(e < 1e-5 for e in errs.values()), errs
+    enc = TX.ClassEncoder(classes["num_classes"])
+    out = enc.encode(classes["prompts"])
+    assert sorted(out) == sorted(classes["encode_keys"]) and torch.equal(out["y"], classes["y"])
+    assert torch.equal(enc.null(classes["n_null"]), classes["null"])
+    assert (enc.output_dim, enc.model_max_length) == (classes["output_dim"], classes["model_max_length"])
+    with pytest.raises(ValueError, match="class ids 0..9, got 'cat'"):
+        TX.ClassEncoder(10).encode(["3", "cat"])
+
+
+@pytest.mark.parametrize("sampler", ["iddpm", "dpms"])
+def test_zoo_class_pipeline_matches_v1_fixture(sampler):
+    """Class-conditional sampling as v1.0's scripts/inference.py drives it: the model's inputs at every call too."""
+    ref = load_fixture("zoo_pipeline_ref.pt")
+    model, run = zoo_model(ref), ref[sampler]
+    encoder = TX.ClassEncoder(ref["num_classes"])
+    encoder.y_embedder = model.y_embedder
+    seen, ys = [], []
+
+    def call(x, t, y, **kwargs):
+        seen.append(t.clone())
+        ys.append(y.clone())
+        return model(x, t, y, **kwargs)
+    kind = dict(iddpm="iddpm", dpms="dpm-solver")[sampler]
+    scheduler = build_scheduler(dict(type=kind, num_sampling_steps=run["num_sampling_steps"], cfg_scale=run["cfg_scale"]))
+    torch.manual_seed(run["seed"])
+    with torch.no_grad():
+        out = scheduler.sample(call, encoder, tuple(ref["z_size"]), ref["prompts"], "cpu", progress=False)
+    check(f"{kind}.sample (class-conditional {ref['model_type']})", out, run["out"])
+    assert all(torch.equal(y, run["y_model"]) for y in ys)
+    assert torch.allclose(torch.stack(seen).double(), run["model_timesteps"].double(), rtol=0, atol=1e-4)
+
+
+def test_zoo_xl2_state_dict_layouts():
+    """Every XL/2 listing of ../reference: the same keys, shapes and order as v1.0 builds them (meta device)."""
+    paths = sorted((FIXTURES.parent / "reference").glob("*_state_dict.txt"))
+    if not paths:
+        if FIXTURES_ENV:
+            pytest.fail(f"FIXTURES={FIXTURES_ENV} is set but no reference listings are beside it")
+        pytest.skip("no ../reference/*_state_dict.txt")
+    for path in paths:
+        lines = path.read_text().splitlines()
+        header = lines[0]  # "# DiT-XL/2 (DiT) state_dict ... (condition='label_1000', input_size=(1,32,32), ...): key shape"
+        kind = header.split()[1]
+        kwargs = {k: ast.literal_eval(v) for k, v in re.findall(r"(\w+)=(\([\d, ]+\)|'[^']*'|[\w.]+)", header)}
+        rows = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
+        expected = [(k, tuple(int(n) for n in s.split("x"))) for k, s in rows]
+        with torch.device("meta"):
+            model = build_model(dict(type=kind), **kwargs)
+        assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected, path.name
+
+
 def test_stdit_mask_cases_match_v1_fixture():
     pipe = load_fixture("stdit_pipeline_ref.pt")
     model, c = reference_model(load_fixture(pipe["model_fixture"])), pipe["mask_cases"]
@@ -107,26 +216,6 @@ def test_stdit_mask_cases_match_v1_fixture():
             out_long_timestep=rel_err(model(c["x"], c["timestep_long"], c["y"], c["mask"]), c["out_long_timestep"]))
     print("STDiT mask cases vs v1.0:", {k: f"{v:.2e}" for k, v in errs.items()})
     assert all(e < 1e-5 for e in errs.values()), errs
-
-
-def test_stdit_xl2_state_dict_layout():
-    path = FIXTURES.parent / "reference" / "stdit_xl2_state_dict.txt"
-    if not path.exists():
-        if FIXTURES_ENV:
-            pytest.fail(f"FIXTURES={FIXTURES_ENV} is set but {path} is missing")
-        pytest.skip(f"{path} not found (set FIXTURES=...)")
-    lines = path.read_text().splitlines()
-    header = lines[0]  # "... (input_size=(16,32,32), caption_channels=4096, model_max_length=120): key shape"
-    size = re.search(r"input_size=\((\d+), ?(\d+), ?(\d+)\)", header)
-    cfg = {k: int(re.search(k + r"=(\d+)", header).group(1)) for k in ("caption_channels", "model_max_length")}
-    rows = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
-    expected = [(k, tuple(int(n) for n in s.split("x"))) for k, s in rows]
-    n_params = [int(ln.split(":")[1]) for ln in lines if ln.startswith("# parameters:")]
-    with torch.device("meta"):
-        model = build_model(dict(type="STDiT-XL/2"), input_size=tuple(int(n) for n in size.groups()), **cfg)
-    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
-    if n_params:
-        assert sum(p.numel() for p in model.parameters()) == n_params[0]
 
 
 def math_attention(q, k, v, mask=None):
