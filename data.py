@@ -49,19 +49,27 @@ def to_uint8(frames):
 
 
 def write_video(path, frames, fps=8, crf=10):
-    """Write frames (see to_uint8) as an H.264 mp4, atomically; return path. Odd sizes are padded by edge repeats.
-    crf 10 (default 23) keeps small pure-colour clips faithful. Below 32 pixels yuv444p, not yuv420p: half-resolution
-    colour blurs a 2x2-pixel shape into black (an 8x8 demo sample's blue read back at 126 instead of 194)."""
+    """Write frames (see to_uint8) as an H.264 mp4, or a one-frame clip as a PNG when path ends in .png (lossless),
+    atomically; return path. Odd sizes are padded by edge repeats for H.264. crf 10 (default 23) keeps small
+    pure-colour clips faithful. Below 32 pixels yuv444p, not yuv420p: half-resolution colour blurs a 2x2-pixel shape
+    into black (an 8x8 demo sample's blue read back at 126 instead of 194)."""
     frames = to_uint8(frames)
     T, H, W, _ = frames.shape
-    pix_fmt = "yuv444p" if min(H, W) < 32 else "yuv420p"
-    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+    png = path.lower().endswith(".png")
+    if png and T != 1:
+        raise ValueError(f"{path}: a PNG holds one frame, got {T}")
+    pix_fmt = "rgb24" if png else "yuv444p" if min(H, W) < 32 else "yuv420p"
+    if not png:
+        frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.mp4"  # the extension picks the container
-    with av.open(tmp, "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, pix_fmt
-        stream.options = {"crf": str(crf)}
+    tmp = f"{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}"  # the extension picks the container
+    with av.open(tmp, "w", format="image2" if png else None) as container:
+        if png:
+            stream = container.add_stream("png")
+        else:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.options = {"crf": str(crf)}
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())  # flush

@@ -284,6 +284,12 @@ class PixArtMS(PixArt):
     ratio (data_info; v1.0's `multi_resolution` configs pass them)."""
     multi_scale = True
 
+    @staticmethod
+    def data_info(image_size, device=None, dtype=None):
+        """What v1.0's inference passes for images of image_size (H, W) pixels: one row, tiled by the model."""
+        (H, W), row = image_size, lambda v: torch.tensor([v], device=device, dtype=dtype)
+        return dict(hw=row([H, W]), ar=row([H / W]))
+
 
 class STDiT(PixArt):
     """Open-Sora v1.0's STDiT: PixArt whose blocks attend within each frame and then across the frames."""

@@ -117,9 +117,12 @@ def zoo_model(case):
 
 @pytest.mark.parametrize("name", ["zoo_dit_text_ref.pt", "zoo_dit_label_ref.pt", "zoo_latte_ref.pt",
                                   "zoo_pixart_ref.pt", "zoo_pixartms_ref.pt"])
-def test_zoo_models_match_v1_fixture(name):
-    """DiT, Latte, PixArt, PixArtMS against v1.0's classes on random weights: every output of every case."""
+@pytest.mark.parametrize("short", [0, 32])
+def test_zoo_models_match_v1_fixture(name, short, short_keys):
+    """DiT, Latte, PixArt, PixArtMS against v1.0's classes on random weights: every output of every case, through
+    either attention path (short: the written-out one for up to 32 keys, 0: SDPA everywhere)."""
     fixture, errs = load_fixture(name), {}
+    L.SHORT_KEYS = short
     for tag, case in zoo_cases(fixture).items():
         model, inputs = zoo_model(case), (case["x"], case["timestep"], case["y"])
         runs = {"out": (fixture if not tag else case, {})}
@@ -920,6 +923,30 @@ def test_vae_micro_batches_equal_one_batch():
     assert rel_err(micro.decode(z), whole.decode(z)) < 1e-6
 
 
+def test_temporal_decoder_vae_mixes_frames_of_a_clip_only():
+    """VideoAutoencoderKLTemporalDecoder: per-frame encoder; its decoder mixes the frames of a clip (a change in frame 0
+    reaches frame 2) but never clips of a batch; micro-batches hold whole clips and give the same result."""
+    cfg = dict(type="VideoAutoencoderKLTemporalDecoder", from_pretrained=None,
+               config=dict(block_out_channels=(32, 32), layers_per_block=1))
+    vae, micro = V.build_vae(cfg), V.build_vae(cfg | dict(micro_batch_size=4))  # 4 frames: one 3-frame clip a call
+    x = pixels(B=2, T=3, H=16, W=16)
+    z = vae.encode(x, sample=False)
+    assert z.shape == (2, 4, 3, 8, 8) and vae.patch_size == (1, 2, 2)
+    frame = vae.module.encode(x[1, :, 2][None]).latent_dist.mean[0] * 0.18215
+    assert rel_err(z[1, :, 2], frame) < 1e-5
+    out = vae.decode(z)
+    assert out.shape == x.shape and rel_err(micro.decode(z), out) < 1e-5
+    z2 = z.clone()
+    z2[0, :, 0] += 1
+    out2 = vae.decode(z2)
+    assert not torch.allclose(out2[0, :, 2], out[0, :, 2]) and torch.equal(out2[1], out[1])
+    sd = V.build_vae(TINY_VAE | dict(config=TINY_VAE["config"] | dict(block_out_channels=(32, 32), norm_num_groups=8)))
+    z = sd.encode(x, sample=False)
+    z2 = z.clone()
+    z2[0, :, 0] += 1
+    assert torch.equal(sd.decode(z2)[0, :, 2], sd.decode(z)[0, :, 2])  # the SD VAE: frame by frame
+
+
 def test_vae_deterministic_build_and_global_rng_untouched():
     torch.manual_seed(1234)  # not the state a build without a private RNG would leave behind
     state = torch.get_rng_state()
@@ -948,8 +975,8 @@ def test_vae_latent_size_not_divisible(tiny_vae):
 def test_build_unknown_types():
     with pytest.raises(ValueError, match=r"unknown vae type 'VideoVAE'.*VideoAutoencoderKL.*identity"):
         V.build_vae(dict(type="VideoVAE"))
-    with pytest.raises(ValueError, match=r"unknown text_encoder type 'clip'.*t5"):
-        TX.build_text_encoder(dict(type="clip"))
+    with pytest.raises(ValueError, match=r"unknown text_encoder type 'bert'.*t5, clip, classes"):
+        TX.build_text_encoder(dict(type="bert"))
 
 
 TINY_T5 = dict(type="t5", from_pretrained=None, model_max_length=16, seed=0,
@@ -1666,20 +1693,20 @@ def test_sequence_parallel_stdit_dp2_sp2(tmp_path):
 
 # ============================================================================= config.py, train.py, sample.py
 def test_config_loads_and_overrides(tmp_path):
-    cfg = load_config(str(ROOT / "configs/16x256.py"), ["--batch_size=4", "--model.space_scale=0.25",
+    cfg = load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--batch_size=4", "--model.space_scale=0.25",
                                                        "--outputs=runs/a", "--image_size=(128, 128)"])
     assert cfg["batch_size"] == 4 and cfg["outputs"] == "runs/a" and cfg["image_size"] == (128, 128)
     assert cfg["model"]["space_scale"] == 0.25 and cfg["model"]["type"] == "STDiT-XL/2"
     assert cfg["lr"] == 2e-5 and cfg["num_frames"] == 16 and cfg["frame_interval"] == 3
     # the file's own dicts are not mutated by a nested override
-    assert load_config(str(ROOT / "configs/16x256.py"))["model"]["space_scale"] == 0.5
+    assert load_config(str(ROOT / "configs/opensora/train/16x256x256.py"))["model"]["space_scale"] == 0.5
 
 
 def test_config_unknown_keys(tmp_path):
     with pytest.raises(KeyError, match="batch_sise"):
-        load_config(str(ROOT / "configs/16x256.py"), ["--batch_sise=4"])
+        load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--batch_sise=4"])
     with pytest.raises(KeyError, match="lr.x"):
-        load_config(str(ROOT / "configs/16x256.py"), ["--lr.x=4"])
+        load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--lr.x=4"])
     bad = tmp_path / "bad.py"
     bad.write_text("num_frame = 16\n")
     with pytest.raises(KeyError, match="num_frame"):
@@ -1687,13 +1714,14 @@ def test_config_unknown_keys(tmp_path):
 
 
 def test_config_unknown_nested_keys():
-    for config, arg, name in [("16x256", "--model.depht=2", "depht"), ("16x256", "--scheduler.foo=1", "foo"),
-                              ("16x256", "--vae.scale=2.0", "scale"),  # identity's keyword, not VideoAutoencoderKL's
+    v1 = "opensora/train/16x256x256"
+    for config, arg, name in [(v1, "--model.depht=2", "depht"), (v1, "--scheduler.foo=1", "foo"),
+                              (v1, "--vae.scale=2.0", "scale"),  # identity's keyword, not VideoAutoencoderKL's
                               ("shapes", "--text_encoder.config.d_modle=8", "d_modle")]:
         with pytest.raises(KeyError, match=f"--{re.escape(arg.split('=')[0][2:])}: '{name}'"):
             load_config(str(ROOT / f"configs/{config}.py"), [arg])
     # a keyword of the class that `type` names is known though the file's dict does not list it
-    cfg = load_config(str(ROOT / "configs/16x256.py"), ["--model.depth=2", "--vae.micro_batch_size=4",
+    cfg = load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--model.depth=2", "--vae.micro_batch_size=4",
                                                        "--scheduler.num_sampling_steps=5", "--scheduler.cfg_scale=5.0"])
     assert cfg["model"]["depth"] == 2 and cfg["vae"]["micro_batch_size"] == 4
     assert cfg["scheduler"]["num_sampling_steps"] == 5
@@ -1749,8 +1777,98 @@ def test_config_open_sora_v1_file(tmp_path):
         m = build_model(cfg["model"] | dict(from_pretrained=None), input_size=(16, 32, 32), in_channels=4,
                         caption_channels=4096, model_max_length=120)
     assert sum(p.numel() for p in m.parameters()) > 500e6
-    for name in ["16x256", "16x512", "64x512", "sample_16x256", "sample_16x512", "sample_64x512", "shapes"]:
-        load_config(str(ROOT / "configs" / f"{name}.py"))
+
+
+# ---- every config in configs/, at toy size: 2 training steps (train configs) and one sample, on the CPU ----
+CONFIGS = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.py"))
+TINY_ENCODERS = dict(  # size overrides of each text encoder type: a random tiny one of the same class
+    t5=["--text_encoder.from_pretrained=None", "--text_encoder.model_max_length=8",
+        "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"],
+    clip=["--text_encoder.from_pretrained=None", "--text_encoder.config={'hidden_size': 16, 'intermediate_size': 32, "
+          "'num_hidden_layers': 1, 'num_attention_heads': 2}"], classes=[])
+
+
+def tiny_overrides(cfg, tmp):
+    """Only sizes change: a tiny model, VAE and text encoder of the config's own types, tiny data, few steps."""
+    h, w = cfg["image_size"]
+    size = tuple(4 * round(n * 16 / min(h, w) / 4) for n in (h, w))  # the short side 16 pixels, the aspect kept
+    args = [f"--num_frames={cfg['num_frames'] if cfg['num_frames'] <= 4 else 2}", "--frame_interval=1", f"--image_size={size}",
+            "--model.depth=2", "--model.hidden_size=24", "--model.num_heads=2", "--model.from_pretrained=None",
+            "--batch_size=2", "--num_workers=0", "--plugin=zero2", "--sp_size=1", f"--outputs={tmp}/outputs",
+            f"--save_dir={tmp}/samples", f"--data_path={tmp}/train.csv", "--max_steps=2", "--ckpt_every=2",
+            "--eval_prompts=None", "--log_every=1",
+            f"--{'sample_scheduler' if cfg['sample_scheduler'] else 'scheduler'}.num_sampling_steps=2",
+            *TINY_ENCODERS[cfg["text_encoder"]["type"]]]
+    if cfg["vae"]["type"] != "identity":
+        args += ["--vae.from_pretrained=None",
+                 "--vae.config={'block_out_channels': (16, 16), 'norm_num_groups': 4, 'layers_per_block': 1}"]
+    return args + (["--make_shapes=0", "--cache_dir=None"] if cfg["make_shapes"] else [])
+
+
+def tiny_data(tmp, num_frames, size):
+    """Two clips and an image (image rows in every data set), captioned with class ids: every encoder reads them."""
+    rows = []
+    for i in range(2):
+        frames = np.random.default_rng(i).integers(0, 256, (max(2 * num_frames, 4), *size, 3), dtype=np.uint8)
+        rows.append([data.write_video(str(tmp / f"clip{i}.mp4"), frames), str(i + 1)])
+    rows.append([data.write_video(str(tmp / "image.png"), frames[:1]), "3"])
+    write_csv(tmp / "train.csv", rows)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_trains_and_samples_at_toy_size(name, tmp_path, monkeypatch):
+    import runpy
+
+    import sample
+    monkeypatch.chdir(tmp_path)
+    path = str(ROOT / "configs" / name)
+    cfg = load_config(path)
+    args = tiny_overrides(cfg, tmp_path)
+    small = load_config(path, args)
+    tiny_data(tmp_path, small["num_frames"], small["image_size"])
+    prompts = ["1", "2"]
+    if cfg["data_path"] is not None:  # a training config: 2 steps, then sample from the run folder
+        monkeypatch.setattr(sys, "argv", ["train.py", path, *args])
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        run = tmp_path / "outputs" / os.path.splitext(os.path.basename(name))[0]
+        assert sorted(losses(run)) == [1, 2] and all(np.isfinite(list(losses(run).values())))
+        ckpt = str(run)
+    else:  # a sampling config: random weights of the model it builds
+        ckpt = str(tmp_path / "random.pt")
+        enc = TX.build_text_encoder(small["text_encoder"])
+        vae = V.build_vae(small["vae"])
+        model = build_model(small["model"], input_size=vae.get_latent_size((small["num_frames"], *small["image_size"])),
+                            in_channels=vae.out_channels, caption_channels=enc.output_dim,
+                            model_max_length=enc.model_max_length)
+        torch.save(randomized(model).state_dict(), ckpt)
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--config", path, "--ckpt", ckpt, *prompts, *args])
+    sample.main()
+    ext = ".png" if small["num_frames"] == 1 else ".mp4"
+    written = sorted(os.listdir(tmp_path / "samples"))
+    assert written == sorted(f"{p}-seed{small['seed']}{ext}" for p in prompts), written
+    frames = read_video(str(tmp_path / "samples" / written[0]))
+    assert frames.shape == (small["num_frames"], *small["image_size"], 3)
+
+
+@pytest.mark.skipif(not os.environ.get("OPENSORA_V1"), reason="set OPENSORA_V1 to a checkout of Open-Sora v1.0.0")
+def test_v1_config_files_load_and_build():
+    """Open-Sora v1.0's own 23 config files, unchanged: each loads, builds its model (meta device, v1.0's released
+    sizes) and names a text encoder whose class takes its keywords. OPENSORA_V1=path/to/Open-Sora (tag v1.0.0)."""
+    import inspect
+    paths = sorted(pathlib.Path(os.environ["OPENSORA_V1"], "configs").rglob("*.py"))
+    assert len(paths) == 23, [str(p) for p in paths]
+    for path in paths:
+        cfg = load_config(str(path))
+        te = dict(cfg["text_encoder"])
+        cls = TX.TEXT_ENCODERS[te.pop("type")]
+        inspect.signature(cls).bind(**te)
+        dims = dict(t5=(4096, te.get("model_max_length")), clip=(512, te.get("model_max_length")), classes=(None, None))
+        channels, length = dims[cfg["text_encoder"]["type"]]
+        latent = V.latent_size((cfg["num_frames"], *cfg["image_size"]), (1, 8, 8))
+        with torch.device("meta"):
+            model = build_model(cfg["model"] | dict(from_pretrained=None), input_size=latent, in_channels=4,
+                                caption_channels=channels, model_max_length=length)
+        assert sum(p.numel() for p in model.parameters()) > 500e6, path
 
 
 TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.hidden_size=32", "--log_every=1",
@@ -1886,7 +2004,7 @@ def test_sample_missing_weights_fail_before_encoders(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise OSError("no network")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    message = run_sample_main(monkeypatch, "sample_16x256")  # the config's hub file cannot be fetched
+    message = run_sample_main(monkeypatch, "opensora/inference/16x256x256")  # the config's hub file cannot be fetched
     assert "https://huggingface.co/hpcai-tech/Open-Sora/resolve/main/OpenSora-v1-HQ-16x256x256.pth" in message
 
 
