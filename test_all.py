@@ -357,6 +357,80 @@ def test_foreign_checkpoints_are_errors(tmp_path):
         resolve_weights(str(tmp_path / "no-such.pth"))
 
 
+def released_layout(model, wrap=None, extra=()):
+    """A model's state dict laid out like the released DiT/Latte/PixArt files: 2D patch kernel, their own position
+    tables (other sizes: dropped on load), wrapped under `wrap`."""
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("pos_embed")}
+    sd["x_embedder.proj.weight"] = sd["x_embedder.proj.weight"].squeeze(2)
+    sd["pos_embed"] = torch.randn(1, 5, 3)
+    sd.update({k: torch.randn(2, 2) for k in extra})
+    return {wrap: sd} if wrap else sd
+
+
+@pytest.mark.parametrize("name,cls,config,wrap,extra", [
+    ("DiT-XL-2-256x256.pt", "DiT", dict(condition="label_10"), None, ()),
+    ("Latte-XL-2-256x256-ucf101.pt", "Latte", dict(condition="label_10"), "ema", ("temp_embed",)),
+    ("PixArt-XL-2-512x512.pth", "PixArt", dict(caption_channels=32, model_max_length=8), "state_dict", ()),
+    ("PixArt-XL-2-1024-MS.pth", "PixArtMS", dict(caption_channels=32, model_max_length=8, hidden_size=48), "state_dict",
+     ())])
+def test_zoo_loads_released_checkpoint_layouts(tmp_path, name, cls, config, wrap, extra):
+    """The released files' layouts load into the model v1.0's configs build for them, every weight in place, the
+    model's own position tables kept."""
+    cls = M.MODELS[cls][0]
+    config = dict(input_size=(2, 8, 8), depth=2, hidden_size=32, num_heads=2) | config
+    source = randomized(cls(**config), seed=5)
+    torch.save(released_layout(source, wrap, extra), tmp_path / name)
+    model = build_model(dict(type=cls.__name__, from_pretrained=str(tmp_path / name)), **config)
+    fresh = cls(**config).state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh[k] if k.startswith("pos_embed") else source.state_dict()[k]), k
+
+
+def test_zoo_condition_swap_and_size_embedders_left_at_init(tmp_path, capsys):
+    """v1.0's DiT text config starts from the class-conditional DiT-XL-2-256x256.pt: the class table is dropped, the
+    caption MLP starts fresh (printed); a PixArt file into PixArtMS leaves the size embedders at init."""
+    label = randomized(M.DiT(input_size=(1, 8, 8), depth=1, hidden_size=32, num_heads=2, condition="label_10"), 6)
+    torch.save(released_layout(label), tmp_path / "DiT-XL-2-256x256.pt")
+    text = M.DiT(input_size=(1, 8, 8), depth=1, hidden_size=32, num_heads=2, caption_channels=16)
+    init = copy_state(text)
+    load_checkpoint(text, str(tmp_path / "DiT-XL-2-256x256.pt"))
+    out = capsys.readouterr().out
+    assert "left at init (y_embedder)" in out and "ignored 1 tensors (y_embedder)" in out
+    for k, v in text.state_dict().items():
+        assert torch.equal(v, init[k] if k.startswith(("y_embedder", "pos_embed")) else label.state_dict()[k]), k
+    pixart = randomized(M.PixArt(input_size=(1, 8, 8), depth=1, hidden_size=48, num_heads=2, caption_channels=16,
+                                 model_max_length=4), 7)
+    torch.save(released_layout(pixart, "state_dict"), tmp_path / "p.pth")
+    ms = M.PixArtMS(input_size=(1, 8, 8), depth=1, hidden_size=48, num_heads=2, caption_channels=16, model_max_length=4)
+    init = copy_state(ms)
+    load_checkpoint(ms, str(tmp_path / "p.pth"))
+    assert "left at init (ar_embedder, csize_embedder)" in capsys.readouterr().out
+    assert torch.equal(ms.state_dict()["csize_embedder.mlp.0.weight"], init["csize_embedder.mlp.0.weight"])
+    assert torch.equal(ms.state_dict()["blocks.0.attn.qkv.weight"], pixart.state_dict()["blocks.0.attn.qkv.weight"])
+    half = {k: v for k, v in released_layout(label).items() if "blocks.0.attn.qkv" not in k}
+    torch.save(half, tmp_path / "half.pt")  # a part missing from a file that has the rest: an error
+    with pytest.raises(ValueError, match=r"missing \(2\): blocks\.0\.attn\.qkv"):
+        load_checkpoint(randomized(M.DiT(input_size=(1, 8, 8), depth=1, hidden_size=32, num_heads=2,
+                                         condition="label_10")), str(tmp_path / "half.pt"))
+
+
+def copy_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resolve_weights_released_files(monkeypatch, tmp_path):
+    """DiT's files come from Meta's URL into ./pretrained_models/ (as v1.0), Latte's from its hub repo under another name."""
+    import huggingface_hub
+    monkeypatch.chdir(tmp_path)
+    got = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst: got.append((url, dst)))
+    assert resolve_weights("DiT-XL-2-256x256.pt") == os.path.join("pretrained_models", "DiT-XL-2-256x256.pt")
+    assert got == [("https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt",
+                    os.path.join("pretrained_models", "DiT-XL-2-256x256.pt"))]
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, filename: f"/cache/{repo}/{filename}")
+    assert resolve_weights("Latte-XL-2-256x256-ucf101.pt") == "/cache/maxin-cn/Latte/ucf101.pt"
+
+
 def test_resolve_weights_hub(monkeypatch, tmp_path):
     import huggingface_hub
 
@@ -860,24 +934,27 @@ def test_selective_checkpointing_same_gradients(ckpt):
 
 
 # ----------------------------------------------------------------------------- bench.py's FLOP count
-def test_flop_count_matches_torch_counter(short_keys):
-    """bench.flops (analytic) against torch's FlopCounterMode on the fixture's model, forward. The written-out
-    attention path (every attention of this small model is short without a mask) makes the attention FLOPs countable:
-    FlopCounterMode does not count the CPU SDPA kernel."""
+@pytest.mark.parametrize("kind", ["STDiT", "PixArt", "DiT", "Latte", "DiT-label"])
+def test_flop_count_matches_torch_counter(short_keys, kind):
+    """bench.flops (analytic) against torch's FlopCounterMode on a small model of each architecture, forward. The
+    written-out attention path (every attention of these models is short without a mask) makes the attention FLOPs
+    countable: FlopCounterMode does not count the CPU SDPA kernel."""
     from torch.utils.flop_counter import FlopCounterMode
 
     import bench
-    ref = load_fixture("stdit_tiny_ref.pt")
-    m = M.STDiT(**ref["config"]).eval()
-    x, y = ref["x"], ref["y"]
-    T, H, W = (n // p for n, p in zip(x.shape[2:], m.patch_size))
-    L.SHORT_KEYS = max(T, H * W, y.shape[2])  # every attention written out, whatever the fixture's sizes
+    cls, label = M.MODELS[kind.split("-")[0]][0], kind.endswith("label")
+    caption = {} if label else dict(caption_channels=24)
+    m = cls(input_size=(3, 4, 6), depth=3, hidden_size=32, num_heads=2, model_max_length=5, **caption,
+            **(dict(condition="label_7") if label else {})).eval()
+    x = torch.randn(2, 4, 3, 4, 6)
+    y = torch.tensor([1, 2]) if label else torch.randn(2, 1, 1 if cls in (M.DiT, M.Latte) else 5, 24)
+    L.SHORT_KEYS = 64  # every attention written out
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        m(x, ref["timestep"], y, None)  # no mask: every caption key attends, as bench counts
+        m(x, torch.tensor([5.0, 500.0]), y)  # no mask: every caption key attends, as bench counts
     counted = counter.get_total_flops() / x.shape[0]
-    ours = bench.flops(m, tuple(x.shape[2:]), y.shape[2], train=False)
+    ours = bench.flops(m, tuple(x.shape[2:]), 5, train=False)
     assert abs(ours - counted) / counted < 0.01, (ours, counted)
-    assert bench.flops(m, tuple(x.shape[2:]), y.shape[2], train=True) == 3 * ours
+    assert bench.flops(m, tuple(x.shape[2:]), 5, train=True) == 3 * ours
 
 
 # ============================================================================= vae.py and text.py
