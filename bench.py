@@ -41,6 +41,7 @@ SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, laten
               act_fn="silu", sample_size=256)  # stabilityai/sd-vae-ft-ema's config.json
 T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
               vocab_size=32128, relative_attention_num_buckets=32, layer_norm_epsilon=1e-6)  # t5-v1_1-xxl's
+CLIP_WIDTH = 512  # openai/clip-vit-base-patch32's pooled caption, what v1.0's DiT/Latte configs use
 TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
 TINY_T5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu")
 CAPTION = ("a drone shot of waves breaking on a rocky coast at sunset, seagulls flying over the water, the camera "
@@ -58,32 +59,51 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
     "s512": dict(kind="sample", frames=16, size=512, sampler="dpm-solver", steps=20, repeat=2),
     "i256": dict(kind="sample", frames=16, size=256, sampler="iddpm", steps=100, repeat=1),
     "i512": dict(kind="sample", frames=16, size=512, sampler="iddpm", steps=100, repeat=1),
+    # the zoo from cached latents and captions: v1.0's acceleration table (full attention vs STDiT's split attention)
+    **{f"{m[0].lower()}{n}": dict(kind="train", model=f"{m}-XL/2", frames=f, size=z, batch=b, online=False,
+                                  ckpt=[0, 8, 14, 20, 28] if f < 64 else [10, 12, 14, 16, 20, 24, 28], steps=6 if f < 64 else 4)
+       for m in ("DiT", "Latte", "PixArt") for n, f, z, b in (("256", 16, 256, 8), ("512", 16, 512, 2), ("64", 64, 512, 1))},
+    # and its image row: class-conditional DiT-XL/2 on 256x256 images, batch 128 (v1.0: 100 img/s/GPU on H800)
+    "img": dict(kind="train", model="DiT-XL/2", condition="label_1000", frames=1, size=256, batch=128, ckpt=[0, 8, 28],
+                online=False, steps=8),
 }
 NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "c512": "train 16x512 cached", "t512": "train 16x512 online",
          "t64": "train 64x512 online ckpt", "c64": "train 64x512 cached ckpt", "l360": "train 360x512 cached ckpt",
          "s256": "sample 16x256 dpm20+cfg", "s512": "sample 16x512 dpm20+cfg",
-         "i256": "sample 16x256 iddpm100", "i512": "sample 16x512 iddpm100"}
+         "i256": "sample 16x256 iddpm100", "i512": "sample 16x512 iddpm100", "img": "DiT 1x256 images, classes",
+         **{k: f"{r['model'][:-5]} {r['frames']}x{r['size']} cached" + " ckpt" * (r["frames"] == 64)
+            for k, r in ROWS.items() if "model" in r and k != "img"}}
 
 
 # ----------------------------------------------------------------------------- FLOP count
 def flops(m, latent, L, train):
     """Model FLOPs for one sample, latent (T, H, W): 2 per multiply-add of every Linear/conv on its tokens, 4*n*m*C
-    per attention (q k^T and a v over all heads), caption keys counted at L. train: x3 (backward = 2x forward).
-    Checkpointing recomputes the forward (x4 in all) but that is not counted: MFU counts useful work only."""
-    C, depth = m.hidden_size, len(m.blocks)
+    per attention (q k^T and a v over all heads), caption keys counted at L (T5 models; a pooled caption counts 1,
+    a class 0). train: x3 (backward = 2x forward). Checkpointing recomputes the forward (x4 in all) but that is not
+    counted: MFU counts useful work only."""
+    C, Cc = m.hidden_size, getattr(m, "caption_channels", None)
     T, H, W = (n // p for n, p in zip(latent, m.patch_size))
     S, N, P = H * W, T * H * W, math.prod(m.patch_size)
-    hidden = m.blocks[0].mlp.fc1.out_features
-    linear = (N * 2 * P * m.in_channels * C  # patch embedding
-              + 2 * (256 * C + C * C + 6 * C * C)  # timestep MLP + t_block
-              + L * 2 * (m.caption_channels * C + C * C)  # caption MLP
+    if isinstance(m, stdit.DiT):  # the condition: adaLN-Zero projections per block and in the final layer
+        L = 0 if m.num_classes is not None else 1
+        cond = len(m.blocks) * 2 * 6 * C * C + 2 * 2 * C * C
+    else:
+        cond = 2 * 6 * C * C  # t_block, shared
+    linear = (N * 2 * P * m.in_channels * C + 2 * (256 * C + C * C) + cond  # patch and timestep embeddings
+              + (L * 2 * (Cc * C + C * C) if L else 0)  # caption MLP
               + N * 2 * C * P * m.out_channels)  # final layer
-    block = (N * 2 * 4 * C * C  # spatial qkv + proj
-             + N * 2 * 4 * C * C  # temporal qkv + proj
-             + N * 2 * 2 * C * C + L * 2 * 2 * C * C  # cross q + proj, kv on the caption
-             + N * 2 * 2 * C * hidden  # MLP
-             + T * 4 * S * S * C + S * 4 * T * T * C + 4 * N * L * C)  # attentions: spatial, temporal, cross
-    return (linear + depth * block) * (3 if train else 1)
+    for i, block in enumerate(m.blocks):
+        hidden = block.mlp.fc1.out_features
+        linear += N * 2 * 4 * C * C + N * 2 * 2 * C * hidden  # self-attention qkv + proj, MLP
+        if getattr(block, "attn_temp", None) is not None:  # STDiT: spatial then temporal attention
+            linear += N * 2 * 4 * C * C + T * 4 * S * S * C + S * 4 * T * T * C
+        elif getattr(m, "alternating", False):  # Latte: within frames (even blocks), across frames (odd)
+            linear += T * 4 * S * S * C if i % 2 == 0 else S * 4 * T * T * C
+        else:  # DiT, PixArt: all N tokens
+            linear += 4 * N * N * C
+        if hasattr(block, "cross_attn"):  # q + proj on the tokens, kv on the caption, attention
+            linear += N * 2 * 2 * C * C + L * 2 * 2 * C * C + 4 * N * L * C
+    return linear * (3 if train else 1)
 
 
 def matmul_ceiling(device, n=8192, reps=20):
@@ -119,14 +139,20 @@ def build_encoders(args, device, dtype):
     return vae, t5
 
 
-def build(args, latent, device, dtype, train, fast):
-    cfg = dict(type="STDiT-XL/2", space_scale=0.5 if latent[1] <= 32 else 1.0)
+def build(args, latent, device, dtype, train, fast, row=None):
+    """The row's model (STDiT-XL/2 unless it names another): T5 captions for STDiT/PixArt, pooled CLIP-B/32 captions
+    (512 wide) or classes for DiT/Latte, as v1.0's configs."""
+    kind = (row or {}).get("model", "STDiT-XL/2")
+    if kind.startswith(("STDiT", "PixArt")):
+        cfg, caption = dict(type=kind, space_scale=0.5 if latent[1] <= 32 else 1.0), args.caption_channels
+    else:
+        cfg, caption = dict(type=kind, condition=row.get("condition", "text")), CLIP_WIDTH
     if args.tiny:
         cfg.update(depth=2, hidden_size=64, num_heads=4)
     torch.manual_seed(0)  # the same weights on every rank (ZeroAdamW checks)
     with on(device):
-        m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=args.caption_channels,
-                              model_max_length=120, dtype=dtype)
+        m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=caption, model_max_length=120,
+                              dtype=dtype)
     m = m.to(device, dtype).train(train)
     if args.ctx.sp_size > 1:  # as train.py: Ulysses, eager
         parallel.enable_sequence_parallel(m, args.ctx.sp_group)
@@ -146,7 +172,7 @@ def set_path(fast):
 def encode(vae, t5, batch, dtype):
     """train.py's encode(): a video batch + captions -> x0 latents and the model's caption kwargs."""
     if "latent" in batch:
-        return batch["latent"], dict(y=batch["y"], mask=batch["mask"])
+        return batch["latent"], {k: batch[k] for k in ("y", "mask") if k in batch}
     with torch.no_grad():
         return vae.encode(batch["video"].to(dtype)), t5.encode(batch["text"])
 
@@ -154,7 +180,7 @@ def encode(vae, t5, batch, dtype):
 def train_row(args, row, vae, t5, device, dtype):
     B, F, size = row["batch"], row["frames"], row["size"]
     latent = vaes.latent_size((F, size, size), (1, 8, 8))  # SD_VAE and TINY_VAE: 8x in space
-    model = build(args, latent, device, dtype, train=True, fast=not args.plain)
+    model = build(args, latent, device, dtype, train=True, fast=not args.plain, row=row)
     model.grad_checkpointing = row["ckpt"]
     opt = parallel.ZeroAdamW(model.named_parameters(), lr=2e-5)  # sharded over all ranks; one process: plain AdamW
     scheduler = diffusion.build_scheduler(dict(type="iddpm", timestep_respacing=""))
@@ -165,6 +191,9 @@ def train_row(args, row, vae, t5, device, dtype):
         batch = dict(latent=torch.randn(B, 4, *latent, device=device, dtype=dtype),
                      y=torch.randn(B, 1, 120, args.caption_channels, device=device, dtype=dtype),
                      mask=torch.ones(B, 120, dtype=torch.long, device=device))
+        if isinstance(model, stdit.DiT):  # one pooled caption, or a class
+            batch = dict(latent=batch["latent"], y=torch.randn(B, 1, 1, CLIP_WIDTH, device=device, dtype=dtype)
+                         if model.num_classes is None else torch.randint(0, model.num_classes, (B,), device=device))
 
     def step():
         x, kwargs = encode(vae, t5, batch, dtype)

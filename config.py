@@ -1,6 +1,6 @@
 """Configs are plain Python files of values and dicts, named as in Open-Sora v1.0's configs.
 
-load_config("configs/16x256.py", ["--batch_size=4", "--model.depth=2"]) -> dict
+load_config("configs/opensora/train/16x256x256.py", ["--batch_size=4", "--model.depth=2"]) -> dict
 Every key must be one of DEFAULTS (an Open-Sora v1.0 config file loads as is); a typo is an error
 that names it, in the file or on the command line. A nested override (--model.depth=2) must name a key of
 the file's dict or a keyword of the class its `type` names. Override values are parsed as Python literals
@@ -28,6 +28,7 @@ DEFAULTS = dict(
     max_bad_steps=10,
     # sampling (prompt, a string or a list, comes before prompt_path as in v1.0)
     fps=8, prompt_path=None, prompt=None, save_dir="samples", ckpt=None, eval_prompts=None,
+    multi_resolution=False,  # PixArtMS: the image size and aspect ratio go into the model (v1.0's key)
 )
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # a config's dtype (GPU; CPU: fp32)
@@ -50,7 +51,7 @@ def keywords(section, kind):
     """The keys config dict `section` may take beyond those its file lists: the keyword arguments of the class its
     `type` names (--model.depth=2 on an STDiT-XL/2 config, whose dict lists no depth)."""
     import diffusion, model, text, vae  # noqa: E401. Here, not at the top: only for a key the file's dict omits
-    classes = dict(model=dict.fromkeys([*model.MODELS, "STDiT"], model.STDiT), vae=vae.VAES,
+    classes = dict(model={name: cls for name, (cls, _) in model.MODELS.items()}, vae=vae.VAES,
                    text_encoder=text.TEXT_ENCODERS, scheduler=diffusion.SCHEDULERS,
                    sample_scheduler=diffusion.SCHEDULERS)
     cls = classes.get(section, {}).get(kind)

@@ -49,23 +49,32 @@ def to_uint8(frames):
 
 def write_video(path, frames, fps=8, crf=10, codec="libx264", options=None):
     """Write frames (see to_uint8, or any iterable of uint8 (H, W, 3) arrays or av.VideoFrames: streamed) as a video,
-    atomically; return path. The extension picks the container; options: the encoder's (default {"crf": crf}). Odd
-    sizes are padded by edge repeats. crf 10 (default 23) keeps small pure-colour clips faithful. Below 32 pixels
-    yuv444p, not yuv420p: half-resolution colour blurs a 2x2-pixel shape into black (an 8x8 demo sample's blue read
-    back at 126 instead of 194)."""
+    or a one-frame clip as a PNG when path ends in .png (lossless), atomically; return path. The extension picks the
+    container; options: the encoder's (default {"crf": crf}). Odd sizes are padded by edge repeats for video. crf 10
+    (default 23) keeps small pure-colour clips faithful. Below 32 pixels yuv444p, not yuv420p: half-resolution colour
+    blurs a 2x2-pixel shape into black (an 8x8 demo sample's blue read back at 126 instead of 194)."""
+    png = path.lower().endswith(".png")
+    if isinstance(frames, (np.ndarray, torch.Tensor)):
+        frames = to_uint8(frames)
+        if png and len(frames) != 1:
+            raise ValueError(f"{path}: a PNG holds one frame, got {len(frames)}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp, stream = f"{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}", None
     try:
-        with av.open(tmp, "w") as container:
-            for frame in to_uint8(frames) if isinstance(frames, (np.ndarray, torch.Tensor)) else frames:
+        with av.open(tmp, "w", format="image2" if png else None) as container:
+            for frame in frames:
                 if not isinstance(frame, av.VideoFrame):
-                    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
-                    frame = av.VideoFrame.from_ndarray(np.pad(frame, pad, mode="edge"), format="rgb24")
+                    if not png:  # 4:2:0 video needs even sizes
+                        frame = np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge")
+                    frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
                 if stream is None:
-                    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                    stream.width, stream.height = frame.width + frame.width % 2, frame.height + frame.height % 2
-                    stream.pix_fmt = "yuv444p" if min(frame.width, frame.height) < 32 else "yuv420p"
-                    stream.options = {"crf": str(crf)} if options is None else options
+                    if png:
+                        stream = container.add_stream("png")
+                    else:
+                        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                        stream.options = {"crf": str(crf)} if options is None else options
+                    stream.width, stream.height = frame.width, frame.height
+                    stream.pix_fmt = "rgb24" if png else "yuv444p" if min(frame.width, frame.height) < 32 else "yuv420p"
                 frame.pts = None  # numbered by the encoder (a decoded frame would keep its source's pts)
                 container.mux(stream.encode(frame))
             if stream is None:

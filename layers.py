@@ -140,17 +140,52 @@ class CaptionEmbedder(nn.Module):
         return self.y_proj(y)
 
 
-class FinalLayer(nn.Module):
-    """LayerNorm modulated by its own table + t (v1.0: t, not t0), Linear to a patch: (B, N, C) -> (B, N, P)."""
+def embedder_mlp(dim_in, dim):
+    """Linear -> SiLU -> Linear on a sinusoid, in a ModuleDict only to keep v1.0's key names (`t_embedder.mlp.0`)."""
+    return nn.ModuleDict(dict(mlp=nn.Sequential(nn.Linear(dim_in, dim), nn.SiLU(), nn.Linear(dim, dim))))
 
-    def __init__(self, hidden_size, out_features):
+
+def size_embedding(embedder, s, B):
+    """PixArtMS's size conditioning: each number of s (b, d) (b dividing B: v1.0 tiles fewer rows) through the timestep
+    sinusoid and `embedder` -> (B, d * dim), one embedding after the other (zoo_pixartms_ref.pt)."""
+    s = s.reshape(len(s), -1).repeat(B // len(s), 1)
+    return embedder.mlp(timestep_embedding(s.flatten()).to(embedder.mlp[0].weight.dtype)).view(B, -1)
+
+
+class LabelEmbedder(nn.Module):
+    """Class ids (B,) -> (B, C). With dropout_prob > 0 the table has a last row, id num_classes: the null class that
+    guidance samples against and that training substitutes with probability dropout_prob (zoo_dit_label_ref.pt)."""
+
+    def __init__(self, num_classes, hidden_size, dropout_prob):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + (dropout_prob > 0), hidden_size)
+        self.num_classes, self.dropout_prob = num_classes, dropout_prob
+
+    def forward(self, labels):
+        if self.training and self.dropout_prob > 0:  # the global CPU generator, as the caption dropout
+            drop = (torch.rand(labels.shape[0]) < self.dropout_prob).to(labels.device)
+            labels = torch.where(drop, self.num_classes, labels)
+        return self.embedding_table(labels)
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm, modulated, Linear to a patch: (B, N, C), (B, C) -> (B, N, P). PixArt/STDiT (adaln=False): shift and
+    scale are its own table + t (v1.0: t, not t0); DiT/Latte (adaln=True): SiLU -> Linear of the condition c."""
+
+    def __init__(self, hidden_size, out_features, adaln=False):
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
         self.linear = nn.Linear(hidden_size, out_features)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
+        if adaln:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+        else:
+            self.scale_shift_table = nn.Parameter(torch.randn(2, hidden_size) / hidden_size**0.5)
 
     def forward(self, x, t):
-        shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)  # (B, 1, C) each
+        if hasattr(self, "adaLN_modulation"):
+            shift, scale = self.adaLN_modulation(t)[:, None].chunk(2, dim=2)  # (B, 1, C) each
+        else:
+            shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
@@ -162,10 +197,14 @@ def sincos(pos, dim):
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
-def spatial_pos_embed(dim, h, w, scale):
+def spatial_pos_embed(dim, h, w, scale=1.0, base_size=None):
     """(1, h*w, dim) in token order (h, w). v1.0: the FIRST half of the channels encodes the column w, the second the
-    row h, positions are float32 arange / scale, the table float64 cast to float32 (stdit_tiny_ref.pt pos_embed)."""
-    cols, rows = np.meshgrid(np.arange(w, dtype=np.float32) / scale, np.arange(h, dtype=np.float32) / scale)
+    row h, positions are float32 arange / scale, the table float64 cast to float32 (stdit_tiny_ref.pt pos_embed).
+    PixArt also stretches each axis to base_size positions (float32, zoo_pixartms_ref.pt's non-square grid)."""
+    rows, cols = np.arange(h, dtype=np.float32) / scale, np.arange(w, dtype=np.float32) / scale
+    if base_size is not None:
+        rows, cols = rows * np.float32(base_size / h), cols * np.float32(base_size / w)
+    cols, rows = np.meshgrid(cols, rows)
     table = np.concatenate([sincos(cols.reshape(-1), dim // 2), sincos(rows.reshape(-1), dim // 2)], axis=1)
     return torch.from_numpy(table).float()[None]
 

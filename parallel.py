@@ -408,6 +408,8 @@ def enable_sequence_parallel(model, group):
     still splits. Cross-attention sees the whole caption from any token either way. The choice is made per forward
     (and kept for its backward's recomputation) from the input's shape."""
     n = dist.get_world_size(group)
+    if not getattr(model, "temporal", False):
+        raise ValueError(f"sequence parallelism is implemented for STDiT only, not {type(model).__name__}: sp_size=1")
     heads = model.blocks[0].attn_temp.num_heads
     if heads % n:
         raise ValueError(f"sequence parallel: num_heads {heads} is not divisible by sp_size {n}")

@@ -6,7 +6,7 @@ the latent cache, and how fast the loader is.
     python prepare.py scenes raw.csv clips/ clips.csv        # cut at scene changes (pip install scenedetect)
     python prepare.py check clips.csv good.csv               # decode every row: good.csv + good_bad.csv (reasons)
     python prepare.py filter good.csv train.csv --fmin 48 --remove_empty_caption --remove_caption_prefix
-    python prepare.py cache configs/16x256.py --data_path=train.csv --cache_dir=cache   # or under torchrun
+    python prepare.py cache configs/opensora/train/16x256x256.py --data_path=train.csv --cache_dir=cache  # or torchrun
     python prepare.py bench bench_clips/                     # loader samples/s per worker, cache bytes per sample
 
 CSV rows are Open-Sora v1.0's, no header: path,caption,num_frames,fps,height,width (v1.0's tools read num_frames as
@@ -280,6 +280,9 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
             x = torch.stack([s["video"] for views in good for s in views]).to(device, dtype)  # (B*W, 3, T, H, W)
             mean, std = vae.posterior(x)  # (B*W, C, T, h, w) each
             text = text_encoder.encode([views[0]["text"] for views in good])
+            if "mask" not in text:
+                sys.exit(f"{cfg['text_encoder']['type']} captions are not cached (the cache stores T5's tokens and "
+                         "mask): train without cache_dir")
             lengths = text["mask"].sum(1)
             if not torch.equal(text["mask"].bool(), torch.arange(text["mask"].shape[1], device=lengths.device)
                                < lengths[:, None]):

@@ -1,11 +1,12 @@
 """Sample videos from text.
 
     python sample.py "a red fox in the snow"                          # Open-Sora v1.0 HQ 16x256 weights from the hub
-    python sample.py --config configs/sample_16x512.py --prompt_path prompts.txt
+    python sample.py --config configs/opensora/inference/16x512x512.py --prompt_path prompts.txt
     python sample.py --config configs/shapes.py "a red circle moving right" --seed 1
 Any other --key=value overrides the config (e.g. --scheduler.num_sampling_steps=50). A config with a
 sample_scheduler (configs/shapes.py) samples with that one, so there --scheduler.* is an error: override
---sample_scheduler.* instead. Writes one mp4 per prompt into save_dir, named from the prompt, and prints the paths.
+--sample_scheduler.* instead. Writes one mp4 per prompt (a PNG when num_frames is 1) into save_dir, named from the
+prompt, and prints the paths.
 Missing weights (or a failed download) are reported in one line before the VAE and T5 load.
 """
 import argparse
@@ -20,7 +21,7 @@ from config import DTYPES, load_config
 from data import write_video
 from diffusion import build_scheduler
 from checkpoints import latest_checkpoint, load_checkpoint, resolve_weights
-from model import build_model
+from model import PixArtMS, build_model
 from text import build_text_encoder
 from vae import build_vae
 
@@ -32,31 +33,34 @@ def video_name(prompt, seed):
 
 @torch.no_grad()
 def generate(cfg, model, vae, text_encoder, prompts, save_dir, seed, device, dtype, progress=True):
-    """Sample `prompts` in batches of cfg["batch_size"], decode, write mp4s; return their paths."""
+    """Sample `prompts` in batches of cfg["batch_size"], decode, write mp4s (PNGs for one frame); return their paths."""
     scheduler = build_scheduler(cfg["sample_scheduler"] or cfg["scheduler"])
     text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
     latent_size = vae.get_latent_size((cfg["num_frames"], *cfg["image_size"]))
+    extra = dict(data_info=PixArtMS.data_info(cfg["image_size"], device, dtype)) if cfg["multi_resolution"] else {}
     os.makedirs(save_dir, exist_ok=True)
     torch.manual_seed(seed)
     paths, seen = [], set()
     batches = range(0, len(prompts), cfg["batch_size"])
     for i in tqdm(batches, desc="batches", disable=not progress or len(batches) == 1):
         batch = prompts[i:i + cfg["batch_size"]]
-        z = scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), batch, device, progress=progress)
+        z = scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), batch, device, extra,
+                             progress=progress)
         videos = vae.decode(z.to(dtype)).float().clamp(-1, 1)  # (n, 3, T, H, W)
         for prompt, video in zip(batch, videos):
             name = video_name(prompt, seed)
             while name in seen:  # the same prompt twice in one call
                 name += "_"
             seen.add(name)
-            paths.append(write_video(os.path.join(save_dir, name + ".mp4"), video, cfg["fps"]))
+            ext = ".png" if video.shape[1] == 1 else ".mp4"
+            paths.append(write_video(os.path.join(save_dir, name + ext), video, cfg["fps"]))
     return paths
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompts", nargs="*", help="text prompts (or --prompt_path)")
-    parser.add_argument("--config", default="configs/sample_16x256.py")
+    parser.add_argument("--config", default="configs/opensora/inference/16x256x256.py")
     parser.add_argument("--ckpt", help="model weights: a .pth/.safetensors file, a hub file name, or a run folder")
     parser.add_argument("--prompt_path", help="a text file with one prompt per line")
     parser.add_argument("--seed", type=int)

@@ -3,6 +3,7 @@
 Fixture tests read the folder named by $FIXTURES (default ../shared/fixtures): they skip when it is absent and fail
 when FIXTURES is set but a file is missing. Multi-process tests use gloo through torch.multiprocessing.
 """
+import ast
 import csv
 import json
 import os
@@ -99,6 +100,117 @@ def test_stdit_matches_v1_fixture():
     assert err < 1e-5 and err_nomask < 1e-5
 
 
+def zoo_cases(fixture):
+    """The model cases of a zoo fixture: the file itself, or its entries that are cases."""
+    if "model_type" in fixture:
+        return {"": fixture}
+    return {k: v for k, v in fixture.items() if isinstance(v, dict) and "model_type" in v}
+
+
+def zoo_model(case):
+    """Build the case's class from its config; the computed position buffers must equal v1.0's before loading."""
+    model = M.MODELS[case["model_type"]][0](**case["config"])
+    for key, value in model.state_dict().items():
+        if key.startswith("pos_embed"):
+            assert torch.equal(value, case["state_dict"][key]), key
+    model.load_state_dict(case["state_dict"], strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["zoo_dit_text_ref.pt", "zoo_dit_label_ref.pt", "zoo_latte_ref.pt",
+                                  "zoo_pixart_ref.pt", "zoo_pixartms_ref.pt"])
+@pytest.mark.parametrize("short", [0, 32])
+def test_zoo_models_match_v1_fixture(name, short, short_keys):
+    """DiT, Latte, PixArt, PixArtMS against v1.0's classes on random weights: every output of every case, through
+    either attention path (short: the written-out one for up to 32 keys, 0: SDPA everywhere)."""
+    fixture, errs = load_fixture(name), {}
+    L.SHORT_KEYS = short
+    for tag, case in zoo_cases(fixture).items():
+        model, inputs = zoo_model(case), (case["x"], case["timestep"], case["y"])
+        runs = {"out": (fixture if not tag else case, {})}
+        if "mask" in case:  # PixArt family: with and without the caption mask
+            runs = {"out": (case, dict(mask=case["mask"])), "out_nomask": (case, {})}
+        if "data_info" in fixture:  # PixArtMS: the size conditioning, also tiled from one row
+            runs = {"out": dict(mask=case["mask"], data_info=fixture["data_info"]),
+                    "out_nomask": dict(data_info=fixture["data_info"]),
+                    "out_one_row": dict(mask=case["mask"], data_info=fixture["data_info_one_row"])}
+            runs = {k: (fixture, v) for k, v in runs.items()}
+        with torch.no_grad():
+            for key, (where, kwargs) in runs.items():
+                errs[f"{tag}.{key}".strip(".")] = rel_err(model(*inputs, **kwargs), where[key])
+    print(f"{name} vs v1.0:", {k: f"{v:.2e}" for k, v in errs.items()})
+    assert errs and all(e < 1e-5 for e in errs.values()), errs
+
+
+def test_zoo_encoders_match_v1_fixture():
+    """CLIP's pooled caption (a tiny random CLIP, the README's stand-in tokenizer) and the classes encoder."""
+    ref = load_fixture("zoo_encoders_ref.pt")
+    clip, classes = ref["clip"], ref["classes"]
+    enc = TX.ClipEncoder(None, model_max_length=clip["model_max_length"], config=clip["clip_config"])
+    enc.model.load_state_dict(clip["state_dict"], strict=True)
+
+    def tokenizer(texts, max_length, **kwargs):  # [bos] + ids[:max_length - 2] + [eos], padded with eos
+        rows = [[clip["bos_id"]] + [int(w) for w in t.split()][:max_length - 2] + [clip["eos_id"]] for t in texts]
+        return dict(input_ids=torch.tensor([r + [clip["eos_id"]] * (max_length - len(r)) for r in rows]))
+    enc.tokenizer = tokenizer
+    assert torch.equal(tokenizer(clip["prompts"], clip["model_max_length"])["input_ids"], clip["input_ids"])
+    out = enc.encode(clip["prompts"])
+    assert sorted(out) == sorted(clip["encode_keys"]) and enc.output_dim == clip["output_dim"]
+    enc.y_embedder = types.SimpleNamespace(y_embedding=clip["y_embedding"])
+    errs = dict(y=rel_err(out["y"], clip["y"]), null=rel_err(enc.null(clip["n_null"]), clip["null"]))
+    print("CLIP encoder vs v1.0:", {k: f"{v:.2e}" for k, v in errs.items()})
+    assert all(e < 1e-5 for e in errs.values()), errs
+    enc = TX.ClassEncoder(classes["num_classes"])
+    out = enc.encode(classes["prompts"])
+    assert sorted(out) == sorted(classes["encode_keys"]) and torch.equal(out["y"], classes["y"])
+    assert torch.equal(enc.null(classes["n_null"]), classes["null"])
+    assert (enc.output_dim, enc.model_max_length) == (classes["output_dim"], classes["model_max_length"])
+    with pytest.raises(ValueError, match="class ids 0..9, got 'cat'"):
+        TX.ClassEncoder(10).encode(["3", "cat"])
+
+
+@pytest.mark.parametrize("sampler", ["iddpm", "dpms"])
+def test_zoo_class_pipeline_matches_v1_fixture(sampler):
+    """Class-conditional sampling as v1.0's scripts/inference.py drives it: the model's inputs at every call too."""
+    ref = load_fixture("zoo_pipeline_ref.pt")
+    model, run = zoo_model(ref), ref[sampler]
+    encoder = TX.ClassEncoder(ref["num_classes"])
+    encoder.y_embedder = model.y_embedder
+    seen, ys = [], []
+
+    def call(x, t, y, **kwargs):
+        seen.append(t.clone())
+        ys.append(y.clone())
+        return model(x, t, y, **kwargs)
+    kind = dict(iddpm="iddpm", dpms="dpm-solver")[sampler]
+    scheduler = build_scheduler(dict(type=kind, num_sampling_steps=run["num_sampling_steps"], cfg_scale=run["cfg_scale"]))
+    torch.manual_seed(run["seed"])
+    with torch.no_grad():
+        out = scheduler.sample(call, encoder, tuple(ref["z_size"]), ref["prompts"], "cpu", progress=False)
+    check(f"{kind}.sample (class-conditional {ref['model_type']})", out, run["out"])
+    assert all(torch.equal(y, run["y_model"]) for y in ys)
+    assert torch.allclose(torch.stack(seen).double(), run["model_timesteps"].double(), rtol=0, atol=1e-4)
+
+
+def test_zoo_xl2_state_dict_layouts():
+    """Every XL/2 listing of ../reference: the same keys, shapes and order as v1.0 builds them (meta device)."""
+    paths = sorted((FIXTURES.parent / "reference").glob("*_state_dict.txt"))
+    if not paths:
+        if FIXTURES_ENV:
+            pytest.fail(f"FIXTURES={FIXTURES_ENV} is set but no reference listings are beside it")
+        pytest.skip("no ../reference/*_state_dict.txt")
+    for path in paths:
+        lines = path.read_text().splitlines()
+        header = lines[0]  # "# DiT-XL/2 (DiT) state_dict ... (condition='label_1000', input_size=(1,32,32), ...): key shape"
+        kind = header.split()[1]
+        kwargs = {k: ast.literal_eval(v) for k, v in re.findall(r"(\w+)=(\([\d, ]+\)|'[^']*'|[\w.]+)", header)}
+        rows = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
+        expected = [(k, tuple(int(n) for n in s.split("x"))) for k, s in rows]
+        with torch.device("meta"):
+            model = build_model(dict(type=kind), **kwargs)
+        assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected, path.name
+
+
 def test_stdit_mask_cases_match_v1_fixture():
     pipe = load_fixture("stdit_pipeline_ref.pt")
     model, c = reference_model(load_fixture(pipe["model_fixture"])), pipe["mask_cases"]
@@ -109,26 +221,6 @@ def test_stdit_mask_cases_match_v1_fixture():
             out_long_timestep=rel_err(model(c["x"], c["timestep_long"], c["y"], c["mask"]), c["out_long_timestep"]))
     print("STDiT mask cases vs v1.0:", {k: f"{v:.2e}" for k, v in errs.items()})
     assert all(e < 1e-5 for e in errs.values()), errs
-
-
-def test_stdit_xl2_state_dict_layout():
-    path = FIXTURES.parent / "reference" / "stdit_xl2_state_dict.txt"
-    if not path.exists():
-        if FIXTURES_ENV:
-            pytest.fail(f"FIXTURES={FIXTURES_ENV} is set but {path} is missing")
-        pytest.skip(f"{path} not found (set FIXTURES=...)")
-    lines = path.read_text().splitlines()
-    header = lines[0]  # "... (input_size=(16,32,32), caption_channels=4096, model_max_length=120): key shape"
-    size = re.search(r"input_size=\((\d+), ?(\d+), ?(\d+)\)", header)
-    cfg = {k: int(re.search(k + r"=(\d+)", header).group(1)) for k in ("caption_channels", "model_max_length")}
-    rows = [ln.split() for ln in lines if ln.strip() and not ln.startswith("#")]
-    expected = [(k, tuple(int(n) for n in s.split("x"))) for k, s in rows]
-    n_params = [int(ln.split(":")[1]) for ln in lines if ln.startswith("# parameters:")]
-    with torch.device("meta"):
-        model = build_model(dict(type="STDiT-XL/2"), input_size=tuple(int(n) for n in size.groups()), **cfg)
-    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
-    if n_params:
-        assert sum(p.numel() for p in model.parameters()) == n_params[0]
 
 
 def math_attention(q, k, v, mask=None):
@@ -265,6 +357,80 @@ def test_foreign_checkpoints_are_errors(tmp_path):
         load_checkpoint(STDiT(**TINY), str(tmp_path / "small.pth"))
     with pytest.raises(FileNotFoundError, match="no-such.pth"):
         resolve_weights(str(tmp_path / "no-such.pth"))
+
+
+def released_layout(model, wrap=None, extra=()):
+    """A model's state dict laid out like the released DiT/Latte/PixArt files: 2D patch kernel, their own position
+    tables (other sizes: dropped on load), wrapped under `wrap`."""
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("pos_embed")}
+    sd["x_embedder.proj.weight"] = sd["x_embedder.proj.weight"].squeeze(2)
+    sd["pos_embed"] = torch.randn(1, 5, 3)
+    sd.update({k: torch.randn(2, 2) for k in extra})
+    return {wrap: sd} if wrap else sd
+
+
+@pytest.mark.parametrize("name,cls,config,wrap,extra", [
+    ("DiT-XL-2-256x256.pt", "DiT", dict(condition="label_10"), None, ()),
+    ("Latte-XL-2-256x256-ucf101.pt", "Latte", dict(condition="label_10"), "ema", ("temp_embed",)),
+    ("PixArt-XL-2-512x512.pth", "PixArt", dict(caption_channels=32, model_max_length=8), "state_dict", ()),
+    ("PixArt-XL-2-1024-MS.pth", "PixArtMS", dict(caption_channels=32, model_max_length=8, hidden_size=48), "state_dict",
+     ())])
+def test_zoo_loads_released_checkpoint_layouts(tmp_path, name, cls, config, wrap, extra):
+    """The released files' layouts load into the model v1.0's configs build for them, every weight in place, the
+    model's own position tables kept."""
+    cls = M.MODELS[cls][0]
+    config = dict(input_size=(2, 8, 8), depth=2, hidden_size=32, num_heads=2) | config
+    source = randomized(cls(**config), seed=5)
+    torch.save(released_layout(source, wrap, extra), tmp_path / name)
+    model = build_model(dict(type=cls.__name__, from_pretrained=str(tmp_path / name)), **config)
+    fresh = cls(**config).state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, fresh[k] if k.startswith("pos_embed") else source.state_dict()[k]), k
+
+
+def test_zoo_condition_swap_and_size_embedders_left_at_init(tmp_path, capsys):
+    """v1.0's DiT text config starts from the class-conditional DiT-XL-2-256x256.pt: the class table is dropped, the
+    caption MLP starts fresh (printed); a PixArt file into PixArtMS leaves the size embedders at init."""
+    label = randomized(M.DiT(input_size=(1, 8, 8), depth=1, hidden_size=32, num_heads=2, condition="label_10"), 6)
+    torch.save(released_layout(label), tmp_path / "DiT-XL-2-256x256.pt")
+    text = M.DiT(input_size=(1, 8, 8), depth=1, hidden_size=32, num_heads=2, caption_channels=16)
+    init = copy_state(text)
+    load_checkpoint(text, str(tmp_path / "DiT-XL-2-256x256.pt"))
+    out = capsys.readouterr().out
+    assert "left at init (y_embedder)" in out and "ignored 1 tensors (y_embedder)" in out
+    for k, v in text.state_dict().items():
+        assert torch.equal(v, init[k] if k.startswith(("y_embedder", "pos_embed")) else label.state_dict()[k]), k
+    pixart = randomized(M.PixArt(input_size=(1, 8, 8), depth=1, hidden_size=48, num_heads=2, caption_channels=16,
+                                 model_max_length=4), 7)
+    torch.save(released_layout(pixart, "state_dict"), tmp_path / "p.pth")
+    ms = M.PixArtMS(input_size=(1, 8, 8), depth=1, hidden_size=48, num_heads=2, caption_channels=16, model_max_length=4)
+    init = copy_state(ms)
+    load_checkpoint(ms, str(tmp_path / "p.pth"))
+    assert "left at init (ar_embedder, csize_embedder)" in capsys.readouterr().out
+    assert torch.equal(ms.state_dict()["csize_embedder.mlp.0.weight"], init["csize_embedder.mlp.0.weight"])
+    assert torch.equal(ms.state_dict()["blocks.0.attn.qkv.weight"], pixart.state_dict()["blocks.0.attn.qkv.weight"])
+    half = {k: v for k, v in released_layout(label).items() if "blocks.0.attn.qkv" not in k}
+    torch.save(half, tmp_path / "half.pt")  # a part missing from a file that has the rest: an error
+    with pytest.raises(ValueError, match=r"missing \(2\): blocks\.0\.attn\.qkv"):
+        load_checkpoint(randomized(M.DiT(input_size=(1, 8, 8), depth=1, hidden_size=32, num_heads=2,
+                                         condition="label_10")), str(tmp_path / "half.pt"))
+
+
+def copy_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resolve_weights_released_files(monkeypatch, tmp_path):
+    """DiT's files come from Meta's URL into ./pretrained_models/ (as v1.0), Latte's from its hub repo under another name."""
+    import huggingface_hub
+    monkeypatch.chdir(tmp_path)
+    got = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst: got.append((url, dst)))
+    assert resolve_weights("DiT-XL-2-256x256.pt") == os.path.join("pretrained_models", "DiT-XL-2-256x256.pt")
+    assert got == [("https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-256x256.pt",
+                    os.path.join("pretrained_models", "DiT-XL-2-256x256.pt"))]
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, filename: f"/cache/{repo}/{filename}")
+    assert resolve_weights("Latte-XL-2-256x256-ucf101.pt") == "/cache/maxin-cn/Latte/ucf101.pt"
 
 
 def test_resolve_weights_hub(monkeypatch, tmp_path):
@@ -770,24 +936,27 @@ def test_selective_checkpointing_same_gradients(ckpt):
 
 
 # ----------------------------------------------------------------------------- bench.py's FLOP count
-def test_flop_count_matches_torch_counter(short_keys):
-    """bench.flops (analytic) against torch's FlopCounterMode on the fixture's model, forward. The written-out
-    attention path (every attention of this small model is short without a mask) makes the attention FLOPs countable:
-    FlopCounterMode does not count the CPU SDPA kernel."""
+@pytest.mark.parametrize("kind", ["STDiT", "PixArt", "DiT", "Latte", "DiT-label"])
+def test_flop_count_matches_torch_counter(short_keys, kind):
+    """bench.flops (analytic) against torch's FlopCounterMode on a small model of each architecture, forward. The
+    written-out attention path (every attention of these models is short without a mask) makes the attention FLOPs
+    countable: FlopCounterMode does not count the CPU SDPA kernel."""
     from torch.utils.flop_counter import FlopCounterMode
 
     import bench
-    ref = load_fixture("stdit_tiny_ref.pt")
-    m = M.STDiT(**ref["config"]).eval()
-    x, y = ref["x"], ref["y"]
-    T, H, W = (n // p for n, p in zip(x.shape[2:], m.patch_size))
-    L.SHORT_KEYS = max(T, H * W, y.shape[2])  # every attention written out, whatever the fixture's sizes
+    cls, label = M.MODELS[kind.split("-")[0]][0], kind.endswith("label")
+    caption = {} if label else dict(caption_channels=24)
+    m = cls(input_size=(3, 4, 6), depth=3, hidden_size=32, num_heads=2, model_max_length=5, **caption,
+            **(dict(condition="label_7") if label else {})).eval()
+    x = torch.randn(2, 4, 3, 4, 6)
+    y = torch.tensor([1, 2]) if label else torch.randn(2, 1, 1 if cls in (M.DiT, M.Latte) else 5, 24)
+    L.SHORT_KEYS = 64  # every attention written out
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        m(x, ref["timestep"], y, None)  # no mask: every caption key attends, as bench counts
+        m(x, torch.tensor([5.0, 500.0]), y)  # no mask: every caption key attends, as bench counts
     counted = counter.get_total_flops() / x.shape[0]
-    ours = bench.flops(m, tuple(x.shape[2:]), y.shape[2], train=False)
+    ours = bench.flops(m, tuple(x.shape[2:]), 5, train=False)
     assert abs(ours - counted) / counted < 0.01, (ours, counted)
-    assert bench.flops(m, tuple(x.shape[2:]), y.shape[2], train=True) == 3 * ours
+    assert bench.flops(m, tuple(x.shape[2:]), 5, train=True) == 3 * ours
 
 
 # ============================================================================= vae.py and text.py
@@ -833,6 +1002,30 @@ def test_vae_micro_batches_equal_one_batch():
     assert rel_err(micro.decode(z), whole.decode(z)) < 1e-6
 
 
+def test_temporal_decoder_vae_mixes_frames_of_a_clip_only():
+    """VideoAutoencoderKLTemporalDecoder: per-frame encoder; its decoder mixes the frames of a clip (a change in frame 0
+    reaches frame 2) but never clips of a batch; micro-batches hold whole clips and give the same result."""
+    cfg = dict(type="VideoAutoencoderKLTemporalDecoder", from_pretrained=None,
+               config=dict(block_out_channels=(32, 32), layers_per_block=1))
+    vae, micro = V.build_vae(cfg), V.build_vae(cfg | dict(micro_batch_size=4))  # 4 frames: one 3-frame clip a call
+    x = pixels(B=2, T=3, H=16, W=16)
+    z = vae.encode(x, sample=False)
+    assert z.shape == (2, 4, 3, 8, 8) and vae.patch_size == (1, 2, 2)
+    frame = vae.module.encode(x[1, :, 2][None]).latent_dist.mean[0] * 0.18215
+    assert rel_err(z[1, :, 2], frame) < 1e-5
+    out = vae.decode(z)
+    assert out.shape == x.shape and rel_err(micro.decode(z), out) < 1e-5
+    z2 = z.clone()
+    z2[0, :, 0] += 1
+    out2 = vae.decode(z2)
+    assert not torch.allclose(out2[0, :, 2], out[0, :, 2]) and torch.equal(out2[1], out[1])
+    sd = V.build_vae(TINY_VAE | dict(config=TINY_VAE["config"] | dict(block_out_channels=(32, 32), norm_num_groups=8)))
+    z = sd.encode(x, sample=False)
+    z2 = z.clone()
+    z2[0, :, 0] += 1
+    assert torch.equal(sd.decode(z2)[0, :, 2], sd.decode(z)[0, :, 2])  # the SD VAE: frame by frame
+
+
 def test_vae_deterministic_build_and_global_rng_untouched():
     torch.manual_seed(1234)  # not the state a build without a private RNG would leave behind
     state = torch.get_rng_state()
@@ -861,8 +1054,8 @@ def test_vae_latent_size_not_divisible(tiny_vae):
 def test_build_unknown_types():
     with pytest.raises(ValueError, match=r"unknown vae type 'VideoVAE'.*VideoAutoencoderKL.*identity"):
         V.build_vae(dict(type="VideoVAE"))
-    with pytest.raises(ValueError, match=r"unknown text_encoder type 'clip'.*t5"):
-        TX.build_text_encoder(dict(type="clip"))
+    with pytest.raises(ValueError, match=r"unknown text_encoder type 'bert'.*t5, clip, classes"):
+        TX.build_text_encoder(dict(type="bert"))
 
 
 TINY_T5 = dict(type="t5", from_pretrained=None, model_max_length=16, seed=0,
@@ -1847,20 +2040,20 @@ def test_sequence_parallel_stdit_dp2_sp2(tmp_path):
 
 # ============================================================================= config.py, train.py, sample.py
 def test_config_loads_and_overrides(tmp_path):
-    cfg = load_config(str(ROOT / "configs/16x256.py"), ["--batch_size=4", "--model.space_scale=0.25",
+    cfg = load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--batch_size=4", "--model.space_scale=0.25",
                                                        "--outputs=runs/a", "--image_size=(128, 128)"])
     assert cfg["batch_size"] == 4 and cfg["outputs"] == "runs/a" and cfg["image_size"] == (128, 128)
     assert cfg["model"]["space_scale"] == 0.25 and cfg["model"]["type"] == "STDiT-XL/2"
     assert cfg["lr"] == 2e-5 and cfg["num_frames"] == 16 and cfg["frame_interval"] == 3
     # the file's own dicts are not mutated by a nested override
-    assert load_config(str(ROOT / "configs/16x256.py"))["model"]["space_scale"] == 0.5
+    assert load_config(str(ROOT / "configs/opensora/train/16x256x256.py"))["model"]["space_scale"] == 0.5
 
 
 def test_config_unknown_keys(tmp_path):
     with pytest.raises(KeyError, match="batch_sise"):
-        load_config(str(ROOT / "configs/16x256.py"), ["--batch_sise=4"])
+        load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--batch_sise=4"])
     with pytest.raises(KeyError, match="lr.x"):
-        load_config(str(ROOT / "configs/16x256.py"), ["--lr.x=4"])
+        load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--lr.x=4"])
     bad = tmp_path / "bad.py"
     bad.write_text("num_frame = 16\n")
     with pytest.raises(KeyError, match="num_frame"):
@@ -1868,13 +2061,14 @@ def test_config_unknown_keys(tmp_path):
 
 
 def test_config_unknown_nested_keys():
-    for config, arg, name in [("16x256", "--model.depht=2", "depht"), ("16x256", "--scheduler.foo=1", "foo"),
-                              ("16x256", "--vae.scale=2.0", "scale"),  # identity's keyword, not VideoAutoencoderKL's
+    v1 = "opensora/train/16x256x256"
+    for config, arg, name in [(v1, "--model.depht=2", "depht"), (v1, "--scheduler.foo=1", "foo"),
+                              (v1, "--vae.scale=2.0", "scale"),  # identity's keyword, not VideoAutoencoderKL's
                               ("shapes", "--text_encoder.config.d_modle=8", "d_modle")]:
         with pytest.raises(KeyError, match=f"--{re.escape(arg.split('=')[0][2:])}: '{name}'"):
             load_config(str(ROOT / f"configs/{config}.py"), [arg])
     # a keyword of the class that `type` names is known though the file's dict does not list it
-    cfg = load_config(str(ROOT / "configs/16x256.py"), ["--model.depth=2", "--vae.micro_batch_size=4",
+    cfg = load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--model.depth=2", "--vae.micro_batch_size=4",
                                                        "--scheduler.num_sampling_steps=5", "--scheduler.cfg_scale=5.0"])
     assert cfg["model"]["depth"] == 2 and cfg["vae"]["micro_batch_size"] == 4
     assert cfg["scheduler"]["num_sampling_steps"] == 5
@@ -1930,8 +2124,98 @@ def test_config_open_sora_v1_file(tmp_path):
         m = build_model(cfg["model"] | dict(from_pretrained=None), input_size=(16, 32, 32), in_channels=4,
                         caption_channels=4096, model_max_length=120)
     assert sum(p.numel() for p in m.parameters()) > 500e6
-    for name in ["16x256", "16x512", "64x512", "sample_16x256", "sample_16x512", "sample_64x512", "shapes"]:
-        load_config(str(ROOT / "configs" / f"{name}.py"))
+
+
+# ---- every config in configs/, at toy size: 2 training steps (train configs) and one sample, on the CPU ----
+CONFIGS = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.py"))
+TINY_ENCODERS = dict(  # size overrides of each text encoder type: a random tiny one of the same class
+    t5=["--text_encoder.from_pretrained=None", "--text_encoder.model_max_length=8",
+        "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"],
+    clip=["--text_encoder.from_pretrained=None", "--text_encoder.config={'hidden_size': 16, 'intermediate_size': 32, "
+          "'num_hidden_layers': 1, 'num_attention_heads': 2}"], classes=[])
+
+
+def tiny_overrides(cfg, tmp):
+    """Only sizes change: a tiny model, VAE and text encoder of the config's own types, tiny data, few steps."""
+    h, w = cfg["image_size"]
+    size = tuple(4 * round(n * 16 / min(h, w) / 4) for n in (h, w))  # the short side 16 pixels, the aspect kept
+    args = [f"--num_frames={cfg['num_frames'] if cfg['num_frames'] <= 4 else 2}", "--frame_interval=1", f"--image_size={size}",
+            "--model.depth=2", "--model.hidden_size=24", "--model.num_heads=2", "--model.from_pretrained=None",
+            "--batch_size=2", "--num_workers=0", "--plugin=zero2", "--sp_size=1", f"--outputs={tmp}/outputs",
+            f"--save_dir={tmp}/samples", f"--data_path={tmp}/train.csv", "--max_steps=2", "--ckpt_every=2",
+            "--eval_prompts=None", "--log_every=1",
+            f"--{'sample_scheduler' if cfg['sample_scheduler'] else 'scheduler'}.num_sampling_steps=2",
+            *TINY_ENCODERS[cfg["text_encoder"]["type"]]]
+    if cfg["vae"]["type"] != "identity":
+        args += ["--vae.from_pretrained=None",
+                 "--vae.config={'block_out_channels': (16, 16), 'norm_num_groups': 4, 'layers_per_block': 1}"]
+    return args + (["--make_shapes=0", "--cache_dir=None"] if cfg["make_shapes"] else [])
+
+
+def tiny_data(tmp, num_frames, size):
+    """Two clips and an image (image rows in every data set), captioned with class ids: every encoder reads them."""
+    rows = []
+    for i in range(2):
+        frames = np.random.default_rng(i).integers(0, 256, (max(2 * num_frames, 4), *size, 3), dtype=np.uint8)
+        rows.append([data.write_video(str(tmp / f"clip{i}.mp4"), frames), str(i + 1)])
+    rows.append([data.write_video(str(tmp / "image.png"), frames[:1]), "3"])
+    write_csv(tmp / "train.csv", rows)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_trains_and_samples_at_toy_size(name, tmp_path, monkeypatch):
+    import runpy
+
+    import sample
+    monkeypatch.chdir(tmp_path)
+    path = str(ROOT / "configs" / name)
+    cfg = load_config(path)
+    args = tiny_overrides(cfg, tmp_path)
+    small = load_config(path, args)
+    tiny_data(tmp_path, small["num_frames"], small["image_size"])
+    prompts = ["1", "2"]
+    if cfg["data_path"] is not None:  # a training config: 2 steps, then sample from the run folder
+        monkeypatch.setattr(sys, "argv", ["train.py", path, *args])
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        run = tmp_path / "outputs" / os.path.splitext(os.path.basename(name))[0]
+        assert sorted(losses(run)) == [1, 2] and all(np.isfinite(list(losses(run).values())))
+        ckpt = str(run)
+    else:  # a sampling config: random weights of the model it builds
+        ckpt = str(tmp_path / "random.pt")
+        enc = TX.build_text_encoder(small["text_encoder"])
+        vae = V.build_vae(small["vae"])
+        model = build_model(small["model"], input_size=vae.get_latent_size((small["num_frames"], *small["image_size"])),
+                            in_channels=vae.out_channels, caption_channels=enc.output_dim,
+                            model_max_length=enc.model_max_length)
+        torch.save(randomized(model).state_dict(), ckpt)
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--config", path, "--ckpt", ckpt, *prompts, *args])
+    sample.main()
+    ext = ".png" if small["num_frames"] == 1 else ".mp4"
+    written = sorted(os.listdir(tmp_path / "samples"))
+    assert written == sorted(f"{p}-seed{small['seed']}{ext}" for p in prompts), written
+    frames = read_video(str(tmp_path / "samples" / written[0]))
+    assert frames.shape == (small["num_frames"], *small["image_size"], 3)
+
+
+@pytest.mark.skipif(not os.environ.get("OPENSORA_V1"), reason="set OPENSORA_V1 to a checkout of Open-Sora v1.0.0")
+def test_v1_config_files_load_and_build():
+    """Open-Sora v1.0's own 23 config files, unchanged: each loads, builds its model (meta device, v1.0's released
+    sizes) and names a text encoder whose class takes its keywords. OPENSORA_V1=path/to/Open-Sora (tag v1.0.0)."""
+    import inspect
+    paths = sorted(pathlib.Path(os.environ["OPENSORA_V1"], "configs").rglob("*.py"))
+    assert len(paths) == 23, [str(p) for p in paths]
+    for path in paths:
+        cfg = load_config(str(path))
+        te = dict(cfg["text_encoder"])
+        cls = TX.TEXT_ENCODERS[te.pop("type")]
+        inspect.signature(cls).bind(**te)
+        dims = dict(t5=(4096, te.get("model_max_length")), clip=(512, te.get("model_max_length")), classes=(None, None))
+        channels, length = dims[cfg["text_encoder"]["type"]]
+        latent = V.latent_size((cfg["num_frames"], *cfg["image_size"]), (1, 8, 8))
+        with torch.device("meta"):
+            model = build_model(cfg["model"] | dict(from_pretrained=None), input_size=latent, in_channels=4,
+                                caption_channels=channels, model_max_length=length)
+        assert sum(p.numel() for p in model.parameters()) > 500e6, path
 
 
 TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.hidden_size=32", "--log_every=1",
@@ -2067,7 +2351,7 @@ def test_sample_missing_weights_fail_before_encoders(tmp_path, monkeypatch):
     def offline(*a, **k):
         raise OSError("no network")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    message = run_sample_main(monkeypatch, "sample_16x256")  # the config's hub file cannot be fetched
+    message = run_sample_main(monkeypatch, "opensora/inference/16x256x256")  # the config's hub file cannot be fetched
     assert "https://huggingface.co/hpcai-tech/Open-Sora/resolve/main/OpenSora-v1-HQ-16x256x256.pth" in message
 
 

@@ -1,4 +1,7 @@
-"""The frozen text encoder: captions -> token embeddings y (B, 1, L, C) and mask (B, L) for STDiT's cross-attention.
+"""The frozen text encoders: captions -> what the diffusion model is conditioned on.
+
+T5 (STDiT, PixArt): token embeddings y (B, 1, L, C) and mask (B, L) for the cross-attention. CLIP (DiT, Latte): one
+pooled embedding y (B, 1, 1, C). Classes (class-conditional DiT, Latte): prompts are class ids, y (B,) int64.
 
 Open-Sora v1.0 uses T5 v1.1 XXL's encoder (C = 4096) with L = 120 tokens, after cleaning every caption the way
 DeepFloyd IF / PixArt did (clean_caption below): the released checkpoints saw only cleaned captions.
@@ -187,10 +190,76 @@ class T5Encoder:
         return self.y_embedder.y_embedding[None].repeat(n, 1, 1)[:, None]
 
 
+# ----------------------------------------------------------------------------- CLIP and class labels (DiT, Latte)
+class ClipEncoder:
+    """CLIP's text transformer, frozen: a caption -> one pooled vector y (B, 1, 1, C), the final hidden state at the
+    end-of-text token (no projection, so C is the hidden size: 512 for openai/clip-vit-base-patch32, which v1.0's DiT
+    and Latte configs name). No mask: the models condition on the one vector (zoo_encoders_ref.pt).
+
+    from_pretrained=None: a random CLIP text model from `config` (CLIPTextConfig keyword arguments) and `seed` over
+    ByT5's byte tokenizer, for tests and the CPU demo. v1.0's wrapper sends the tokens to "cuda" whatever its device
+    (it cannot run on a CPU); this one uses `device`.
+    """
+
+    def __init__(self, from_pretrained="openai/clip-vit-base-patch32", model_max_length=77, device=None,
+                 dtype=torch.float32, config=None, seed=0):
+        from transformers import ByT5Tokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+        if from_pretrained is not None:
+            try:
+                self.tokenizer = CLIPTokenizer.from_pretrained(from_pretrained)
+                self.model = CLIPTextModel.from_pretrained(from_pretrained)
+            except OSError as e:
+                raise OSError(f"could not load the CLIP text encoder '{from_pretrained}': download it first "
+                              f"(huggingface-cli download {from_pretrained}) or set text_encoder.from_pretrained to a "
+                              f"local folder ({e})") from e
+        elif config is None:
+            raise ValueError("ClipEncoder: give from_pretrained (a hub id or folder) or a config dict")
+        else:  # the pooled token is the first eos (ByT5's id 1); positions for model_max_length tokens
+            self.tokenizer = ByT5Tokenizer()
+            ids = dict(vocab_size=len(self.tokenizer), bos_token_id=0, pad_token_id=0, eos_token_id=1,
+                       max_position_embeddings=model_max_length)
+            with torch.random.fork_rng(devices=[]):  # a private RNG, as T5Encoder's
+                torch.manual_seed(seed)
+                self.model = CLIPTextModel(CLIPTextConfig(**(ids | config)))
+        self.model.to(device, dtype).eval().requires_grad_(False)
+        self.device = self.model.device
+        self.model_max_length = model_max_length
+        self.output_dim = self.model.config.hidden_size
+        self.y_embedder = None
+
+    @torch.no_grad()
+    def encode(self, texts):
+        """list of B captions -> dict(y=(B, 1, 1, C)). v1.0 passes no attention mask: the causal attention keeps the
+        end-of-text token's state independent of the padding after it."""
+        ids = self.tokenizer(list(texts), max_length=self.model_max_length, padding="max_length", truncation=True,
+                             return_tensors="pt")["input_ids"].to(self.device)
+        return dict(y=self.model(input_ids=ids).pooler_output[:, None, None])
+
+    null = T5Encoder.null  # the same: the diffusion model's learned null caption, (n, 1, 1, C) here
+
+
+class ClassEncoder:
+    """Class-conditional models: each prompt is a class id ("3", as the lines of v1.0's imagenet_id.txt); the null
+    class for guidance is num_classes, the last row of the model's table (zoo_encoders_ref.pt)."""
+
+    def __init__(self, num_classes, model_max_length=None, device=None, dtype=None):
+        self.num_classes, self.device = num_classes, device
+        self.model_max_length = self.output_dim = None  # what build_model receives: a label model takes neither
+        self.y_embedder = None
+
+    def encode(self, texts):
+        bad = [t for t in texts if not str(t).strip().isdigit() or int(t) >= self.num_classes]
+        if bad:
+            raise ValueError(f"classes: prompts must be class ids 0..{self.num_classes - 1}, got {bad[0]!r}")
+        return dict(y=torch.tensor([int(t) for t in texts], device=self.device))
+
+    def null(self, n):
+        return torch.full((n,), self.num_classes, device=self.device)
+
+
 # ----------------------------------------------------------------------------- config `text_encoder = dict(type=...)`
-# v1.0 also has "clip" (a pooled CLIP embedding, L = 1, used by its Latte/DiT configs, never with STDiT) and "classes"
-# (class labels): neither fits STDiT's (B, 1, L, C) captions, so neither is here.
-TEXT_ENCODERS = {"t5": T5Encoder}
+TEXT_ENCODERS = {"t5": T5Encoder, "clip": ClipEncoder, "classes": ClassEncoder}
 
 
 def build_text_encoder(cfg, device=None, dtype=None):

@@ -1,6 +1,6 @@
-"""Train STDiT. Read top to bottom: config, distributed, data, encoders, model, optimizer, resume, loop.
+"""Train a model of the zoo (STDiT, PixArt, DiT, Latte). Read top to bottom: config, distributed, data, encoders, model, optimizer, resume, loop.
 
-    torchrun --nproc_per_node 8 train.py configs/16x256.py --data_path=train.csv
+    torchrun --nproc_per_node 8 train.py configs/opensora/train/16x256x256.py --data_path=train.csv
     python train.py configs/shapes.py                      # the CPU demo
     python train.py configs/shapes.py --load=outputs/shapes  # resume from the latest checkpoint
 """
@@ -18,7 +18,7 @@ import prepare
 from config import DTYPES, load_config
 from diffusion import build_scheduler
 from checkpoints import latest_checkpoint, save_checkpoint
-from model import build_model
+from model import PixArtMS, build_model
 from text import build_text_encoder
 from vae import build_vae
 
@@ -65,10 +65,10 @@ latent_size = vae.get_latent_size(input_size)
 
 # ----------------------------------------------------------------------------- model
 torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
-model = build_model(
-    cfg["model"], input_size=latent_size, in_channels=vae.out_channels,
-    caption_channels=data.caption_channels(cfg, text_encoder), model_max_length=cfg["text_encoder"]["model_max_length"],
-    dtype=dtype).to(device, dtype).train()
+model_args = dict(input_size=latent_size, in_channels=vae.out_channels,  # from the encoders, as v1.0
+                  caption_channels=data.caption_channels(cfg, text_encoder),
+                  model_max_length=cfg["text_encoder"].get("model_max_length"))
+model = build_model(cfg["model"], **model_args, dtype=dtype).to(device, dtype).train()
 model.grad_checkpointing = cfg["grad_checkpoint"]
 if cfg["compile"] and device.type == "cuda" and ctx.sp_size == 1:  # bench.py's fast path. CPU: eager; sequence
     model.compile_blocks()  # parallel: eager too (the all-to-all inside the blocks is not traced, nor tested compiled)
@@ -77,7 +77,7 @@ if ctx.sp_size > 1:
     parallel.enable_sequence_parallel(model, ctx.sp_group)
 scheduler = build_scheduler(cfg["scheduler"])
 torch.manual_seed(cfg["seed"] + ctx.dp_rank)  # then per data-parallel rank: SP peers draw the same t, noise, dropout
-log(f"STDiT: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, latent {tuple(latent_size)}, "
+log(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, latent {tuple(latent_size)}, "
     f"{ctx.world_size} ranks (dp {ctx.dp_size} x sp {ctx.sp_size}), {dtype}")
 
 # ----------------------------------------------------------------------------- optimizer
@@ -122,13 +122,19 @@ def checkpoint():
     parallel.barrier()
 
 
+size_args = dict(data_info=PixArtMS.data_info(cfg["image_size"], device, dtype)) if cfg["multi_resolution"] else {}
+
+
 def encode(batch):
-    """(video, text) or cached (latent, y, mask) -> x0 (B,C,T,h,w) and the model's caption kwargs."""
+    """(video, text) or cached (latent, y, mask) -> x0 (B,C,T,h,w) and the model's keyword arguments (y, and mask for
+    T5 captions, data_info for PixArtMS: every clip is cropped to image_size)."""
     if "latent" in batch:
-        return batch["latent"].to(device, dtype), dict(y=batch["y"].to(device, dtype), mask=batch["mask"].to(device))
+        kwargs = {k: batch[k].to(device, dtype if batch[k].is_floating_point() else None) for k in ("y", "mask")
+                  if k in batch}
+        return batch["latent"].to(device, dtype), kwargs | size_args
     with torch.no_grad():
         x = vae.encode(batch["video"].to(device, dtype))
-        return x, text_encoder.encode(batch["text"])
+        return x, text_encoder.encode(batch["text"]) | size_args
 
 
 # ----------------------------------------------------------------------------- loggers (optional, rank 0)
@@ -197,8 +203,7 @@ if cfg["tensorboard"] and ctx.is_main:
 ema_sd = ema_state_dict() if cfg["eval_prompts"] else None
 if ctx.is_main and ema_sd:
     import sample
-    ema = build_model(cfg["model"] | dict(from_pretrained=None), input_size=latent_size, in_channels=vae.out_channels,
-                      caption_channels=model.caption_channels, model_max_length=model.model_max_length)
+    ema = build_model(cfg["model"] | dict(from_pretrained=None), **model_args)
     ema.load_state_dict(ema_sd)
     ema = ema.to(device).eval()
     text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)

@@ -1,13 +1,16 @@
 """The frozen video autoencoders: pixels (B, 3, T, H, W) in [-1, 1] <-> latents (B, C, T, h, w).
 
 Open-Sora v1.0 has no video VAE: it runs Stable Diffusion's image VAE on every frame independently
-(`VideoAutoencoderKL`, 8x spatial down-sampling, 4 latent channels, no temporal compression).
-`IdentityVAE` keeps pixel space; the CPU demo (configs/shapes.py) uses it.
+(`VideoAutoencoderKL`, 8x spatial down-sampling, 4 latent channels, no temporal compression), or Stable Video
+Diffusion's, whose decoder also mixes frames (`VideoAutoencoderKLTemporalDecoder`). `IdentityVAE` keeps pixel space;
+the CPU demo (configs/shapes.py) uses it.
 
     vae = build_vae(dict(type="VideoAutoencoderKL", from_pretrained="stabilityai/sd-vae-ft-ema"), device, dtype)
     z = vae.encode(x)   # (B, 3, T, H, W) -> (B, 4, T, H/8, W/8)
     x = vae.decode(z)   # and back
 """
+import inspect
+
 import torch
 import torch.nn as nn
 
@@ -26,6 +29,7 @@ def latent_size(input_size, patch_size):
 
 # ----------------------------------------------------------------------------- image VAE, frame by frame
 class VideoAutoencoderKL(nn.Module):
+    module_class = "AutoencoderKL"  # in diffusers.models
     """diffusers' AutoencoderKL on each frame. `micro_batch_size` frames go through it at a time (None: all frames
     of the batch at once) so that a 64-frame 512px clip does not need all its activations in memory together.
 
@@ -38,11 +42,12 @@ class VideoAutoencoderKL(nn.Module):
     def __init__(self, from_pretrained="stabilityai/sd-vae-ft-ema", micro_batch_size=None, config=None,
                  dtype=torch.float32, device=None, seed=0):
         super().__init__()
-        from diffusers.models import AutoencoderKL  # here: diffusers is slow to import, IdentityVAE does without
+        import diffusers.models  # here: diffusers is slow to import, IdentityVAE does without
+        module_class = getattr(diffusers.models, self.module_class)
 
         if from_pretrained is not None:
             try:
-                self.module = AutoencoderKL.from_pretrained(from_pretrained)
+                self.module = module_class.from_pretrained(from_pretrained)
             except OSError as e:
                 raise OSError(f"could not load the VAE '{from_pretrained}': download it first "
                               f"(huggingface-cli download {from_pretrained}) or set vae.from_pretrained to a local "
@@ -51,13 +56,15 @@ class VideoAutoencoderKL(nn.Module):
             raise ValueError("VideoAutoencoderKL: give from_pretrained (a hub id or folder) or a config dict")
         else:
             n = len(config.get("block_out_channels", (64,)))
-            blocks = dict(down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n)
+            blocks = dict(down_block_types=("DownEncoderBlock2D",) * n)
+            if "up_block_types" in inspect.signature(module_class).parameters:  # the temporal decoder has fixed ones
+                blocks["up_block_types"] = ("UpDecoderBlock2D",) * n
             config = blocks | config
             # A private RNG: train.py and sample.py must build the same random VAE, and building it must not
             # shift the global RNG that drives the model's own initialisation.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.module = AutoencoderKL(**config)
+                self.module = module_class(**config)
         # Frozen, and cast whole as v1.0 does (`vae.to(device, dtype)`). nn.Module.to, not diffusers' override: that one
         # warns about modules to keep in float32 even when the list is empty, as it is for AutoencoderKL.
         nn.Module.to(self.module, device, dtype).eval().requires_grad_(False)
@@ -73,11 +80,11 @@ class VideoAutoencoderKL(nn.Module):
         """torch.compile the encoder: its GroupNorm + SiLU between the convolutions fuse (train.py on CUDA)."""
         self.module.encoder.compile()
 
-    def frames(self, fn, x):
-        """Apply fn to every frame of x (B, C, T, H, W), micro_batch_size frames at a time."""
+    def frames(self, fn, x, whole=1):
+        """Apply fn to every frame of x (B, C, T, H, W), micro_batch_size frames at a time (a multiple of `whole`)."""
         B, C, T, H, W = x.shape
         x = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)  # frames in (B, T) order, as v1.0's "(B T) C H W"
-        bs = self.micro_batch_size or len(x)
+        bs = max(whole, (self.micro_batch_size or len(x)) // whole * whole)
         x = torch.cat([fn(x[i:i + bs]) for i in range(0, len(x), bs)])  # (B*T, C', h, w)
         return x.reshape(B, T, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C', T, h, w)
 
@@ -102,6 +109,19 @@ class VideoAutoencoderKL(nn.Module):
     def decode(self, z):
         """(B, C, T, h, w) -> (B, 3, T, h*f, w*f), roughly in [-1, 1] (not clamped)."""
         return self.frames(lambda frames: self.module.decode(frames / SCALE).sample, z)
+
+
+class VideoAutoencoderKLTemporalDecoder(VideoAutoencoderKL):
+    """Stable Video Diffusion's VAE (diffusers' AutoencoderKLTemporalDecoder; from_pretrained: a folder holding it, as
+    the vae/ folder of stabilityai/stable-video-diffusion-img2vid): SD's per-frame encoder, and a decoder that also
+    mixes the frames of each clip, so micro batches hold whole clips. v1.0 raises on encode; here it encodes frame by
+    frame like the SD VAE."""
+    module_class = "AutoencoderKLTemporalDecoder"
+
+    @torch.no_grad()
+    def decode(self, z):
+        T = z.shape[2]
+        return self.frames(lambda frames: self.module.decode(frames / SCALE, num_frames=T).sample, z, whole=T)
 
 
 # ----------------------------------------------------------------------------- pixel space
@@ -134,7 +154,8 @@ class IdentityVAE(nn.Module):
 
 
 # ----------------------------------------------------------------------------- config `vae = dict(type=...)`
-VAES = {"VideoAutoencoderKL": VideoAutoencoderKL, "identity": IdentityVAE}
+VAES = {"VideoAutoencoderKL": VideoAutoencoderKL, "VideoAutoencoderKLTemporalDecoder": VideoAutoencoderKLTemporalDecoder,
+        "identity": IdentityVAE}
 
 
 def build_vae(cfg, device=None, dtype=None):

@@ -1,21 +1,20 @@
-# Sampling config: the values of Open-Sora v1.0's configs/opensora/inference/16x512x512.py (field names unchanged).
-# python sample.py --config configs/sample_16x512.py "a prompt"
+# Sampling with Open-Sora v1.0's released 16x256 STDiT-XL/2 weights (fetched on first use) (v1.0's configs/opensora/inference/16x256x256.py, same values).
+# python sample.py --config configs/opensora/inference/16x256x256.py "a prompt"
 num_frames = 16
 fps = 24 // 3
-image_size = (512, 512)
+image_size = (256, 256)
 
 model = dict(
     type="STDiT-XL/2",
-    space_scale=1.0,
+    space_scale=0.5,
     time_scale=1.0,
     enable_flashattn=True,
     enable_layernorm_kernel=True,
-    from_pretrained="OpenSora-v1-HQ-16x512x512.pth",  # fetched from the Hugging Face hub on first use
+    from_pretrained="OpenSora-v1-HQ-16x256x256.pth",
 )
 vae = dict(
     type="VideoAutoencoderKL",
     from_pretrained="stabilityai/sd-vae-ft-ema",
-    micro_batch_size=128,
 )
 text_encoder = dict(
     type="t5",
@@ -29,8 +28,7 @@ scheduler = dict(
 )
 dtype = "fp16"
 
-# others
 batch_size = 2
 seed = 42
-prompt_path = "configs/prompts.txt"
+prompt_path = "configs/prompts/t2v.txt"
 save_dir = "samples"

@@ -1,10 +1,10 @@
-# Training config: the values of Open-Sora v1.0's configs/opensora/train/64x512x512.py (field names unchanged).
-# torchrun --nproc_per_node 8 train.py configs/64x512.py --data_path=train.csv
-num_frames = 64
-frame_interval = 2
-image_size = (512, 512)
+# PixArt-XL/2 on 16x256 videos: full attention over all frames' tokens, from PixArt-alpha's 512px weights (v1.0's configs/pixart/train/16x256x256.py, same values).
+# torchrun --nproc_per_node 8 train.py configs/pixart/train/16x256x256.py --data_path=train.csv
+num_frames = 16
+frame_interval = 3
+image_size = (256, 256)
 
-# dataset
+# data: a CSV of path,caption rows (see README "Training")
 root = None
 data_path = "CSV_PATH"
 use_image_transform = False
@@ -12,23 +12,21 @@ num_workers = 4
 
 # acceleration
 dtype = "bf16"
-grad_checkpoint = True
+grad_checkpoint = False
 plugin = "zero2"
 sp_size = 1
 
-# model
 model = dict(
-    type="STDiT-XL/2",
-    space_scale=1.0,
-    time_scale=2/3,
-    from_pretrained=None,
+    type="PixArt-XL/2",
+    space_scale=0.5,
+    time_scale=1.0,
+    from_pretrained="PixArt-XL-2-512x512.pth",
     enable_flashattn=True,
     enable_layernorm_kernel=True,
 )
 vae = dict(
     type="VideoAutoencoderKL",
     from_pretrained="stabilityai/sd-vae-ft-ema",
-    micro_batch_size=64,
 )
 text_encoder = dict(
     type="t5",
@@ -41,16 +39,13 @@ scheduler = dict(
     timestep_respacing="",
 )
 
-# others
 seed = 42
 outputs = "outputs"
 wandb = False
-
 epochs = 1000
 log_every = 10
-ckpt_every = 250
+ckpt_every = 1000
 load = None
-
-batch_size = 4
+batch_size = 8
 lr = 2e-5
 grad_clip = 1.0

@@ -1,10 +1,10 @@
-# Training config: the values of Open-Sora v1.0's configs/opensora/train/16x256x256.py (field names unchanged).
-# torchrun --nproc_per_node 8 train.py configs/16x256.py --data_path=train.csv
+# Open-Sora v1.0's STDiT-XL/2 training recipe, 16 frames of 256x256, starting from PixArt-alpha's 512px image model (v1.0's configs/opensora/train/16x256x256.py, same values).
+# torchrun --nproc_per_node 8 train.py configs/opensora/train/16x256x256.py --data_path=train.csv
 num_frames = 16
 frame_interval = 3
 image_size = (256, 256)
 
-# dataset
+# data: a CSV of path,caption rows (see README "Training")
 root = None
 data_path = "CSV_PATH"
 use_image_transform = False
@@ -16,7 +16,6 @@ grad_checkpoint = True
 plugin = "zero2"
 sp_size = 1
 
-# model
 model = dict(
     type="STDiT-XL/2",
     space_scale=0.5,
@@ -40,16 +39,13 @@ scheduler = dict(
     timestep_respacing="",
 )
 
-# others
 seed = 42
 outputs = "outputs"
 wandb = False
-
 epochs = 1000
 log_every = 10
 ckpt_every = 1000
 load = None
-
 batch_size = 8
 lr = 2e-5
 grad_clip = 1.0

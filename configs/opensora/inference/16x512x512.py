@@ -1,16 +1,16 @@
-# Sampling config: the values of Open-Sora v1.0's configs/opensora/inference/64x512x512.py (field names unchanged).
-# python sample.py --config configs/sample_64x512.py "a prompt"
-num_frames = 64
-fps = 24 // 2
+# Sampling with Open-Sora v1.0's released 16x512 STDiT-XL/2 weights (fetched on first use) (v1.0's configs/opensora/inference/16x512x512.py, same values).
+# python sample.py --config configs/opensora/inference/16x512x512.py "a prompt"
+num_frames = 16
+fps = 24 // 3
 image_size = (512, 512)
 
 model = dict(
     type="STDiT-XL/2",
     space_scale=1.0,
-    time_scale=2/3,
+    time_scale=1.0,
     enable_flashattn=True,
     enable_layernorm_kernel=True,
-    from_pretrained=None,  # no released 64x512 weights: pass --ckpt
+    from_pretrained="OpenSora-v1-HQ-16x512x512.pth",
 )
 vae = dict(
     type="VideoAutoencoderKL",
@@ -29,8 +29,7 @@ scheduler = dict(
 )
 dtype = "fp16"
 
-# others
-batch_size = 1
+batch_size = 2
 seed = 42
-prompt_path = "configs/prompts.txt"
+prompt_path = "configs/prompts/t2v.txt"
 save_dir = "samples"

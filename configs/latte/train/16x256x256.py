@@ -1,10 +1,10 @@
-# Training config: the values of Open-Sora v1.0's configs/opensora/train/16x512x512.py (field names unchanged).
-# torchrun --nproc_per_node 8 train.py configs/16x512.py --data_path=train.csv
+# Latte-XL/2: DiT blocks alternating within frames and across frames, pooled CLIP captions (v1.0's configs/latte/train/16x256x256.py, same values).
+# torchrun --nproc_per_node 8 train.py configs/latte/train/16x256x256.py --data_path=train.csv
 num_frames = 16
 frame_interval = 3
-image_size = (512, 512)
+image_size = (256, 256)
 
-# dataset
+# data: a CSV of path,caption rows (see README "Training")
 root = None
 data_path = "CSV_PATH"
 use_image_transform = False
@@ -12,45 +12,36 @@ num_workers = 4
 
 # acceleration
 dtype = "bf16"
-grad_checkpoint = False
+grad_checkpoint = True
 plugin = "zero2"
 sp_size = 1
 
-# model
 model = dict(
-    type="STDiT-XL/2",
-    space_scale=1.0,
-    time_scale=1.0,
-    from_pretrained=None,
+    type="Latte-XL/2",
     enable_flashattn=True,
     enable_layernorm_kernel=True,
 )
 vae = dict(
     type="VideoAutoencoderKL",
     from_pretrained="stabilityai/sd-vae-ft-ema",
-    micro_batch_size=128,
 )
 text_encoder = dict(
-    type="t5",
-    from_pretrained="DeepFloyd/t5-v1_1-xxl",
-    model_max_length=120,
-    shardformer=True,
+    type="clip",
+    from_pretrained="openai/clip-vit-base-patch32",
+    model_max_length=77,
 )
 scheduler = dict(
     type="iddpm",
     timestep_respacing="",
 )
 
-# others
 seed = 42
 outputs = "outputs"
 wandb = False
-
 epochs = 1000
 log_every = 10
-ckpt_every = 500
+ckpt_every = 1000
 load = None
-
 batch_size = 8
 lr = 2e-5
 grad_clip = 1.0

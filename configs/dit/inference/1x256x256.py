@@ -1,0 +1,32 @@
+# Sampling 256x256 images from a text-conditioned DiT-XL/2 (none is published: train one, then --ckpt) (v1.0's configs/dit/inference/1x256x256.py, same values).
+# python sample.py --config configs/dit/inference/1x256x256.py --ckpt outputs/1x256x256
+num_frames = 1
+fps = 1
+image_size = (256, 256)
+
+model = dict(
+    type="DiT-XL/2",
+    no_temporal_pos_emb=True,
+    condition="text",
+    from_pretrained=None,
+)
+vae = dict(
+    type="VideoAutoencoderKL",
+    from_pretrained="stabilityai/sd-vae-ft-ema",
+)
+text_encoder = dict(
+    type="clip",
+    from_pretrained="openai/clip-vit-base-patch32",
+    model_max_length=77,
+)
+scheduler = dict(
+    type="dpm-solver",
+    num_sampling_steps=20,
+    cfg_scale=4.0,
+)
+dtype = "fp16"
+
+batch_size = 2
+seed = 42
+prompt_path = "configs/prompts/imagenet_labels.txt"
+save_dir = "samples"
