@@ -4,6 +4,7 @@ Fixture tests read the folder named by $FIXTURES (default ../shared/fixtures): t
 when FIXTURES is set but a file is missing. Multi-process tests use gloo through torch.multiprocessing.
 """
 import csv
+import hashlib
 import json
 import os
 import pathlib
@@ -28,11 +29,11 @@ import model as M  # noqa: E402
 import parallel  # noqa: E402
 import text as TX  # noqa: E402
 import vae as V  # noqa: E402
-from config import DEFAULTS, load_config  # noqa: E402
+from config import DEFAULTS, BadInput, load_config  # noqa: E402
 from data import read_video  # noqa: E402
 from diffusion import IDDPM, DPMSolver, build_scheduler, dpm_solver_sample, forward_with_cfg, space_timesteps  # noqa: E402
 import checkpoints as CK  # noqa: E402
-from checkpoints import latest_checkpoint, load_checkpoint, resolve_weights, save_checkpoint  # noqa: E402
+from checkpoints import checkpoint_files, load_checkpoint, resolve_weights, save_checkpoint  # noqa: E402
 from layers import attention  # noqa: E402
 from model import STDiT, build_model  # noqa: E402
 
@@ -261,7 +262,7 @@ def test_foreign_checkpoints_are_errors(tmp_path):
     torch.save(STDiT(**dict(TINY, hidden_size=32)).state_dict(), tmp_path / "small.pth")
     with pytest.raises(ValueError, match=r"shape mismatch.*t_block\.1\.weight \(192, 32\)"):
         load_checkpoint(STDiT(**TINY), str(tmp_path / "small.pth"))
-    with pytest.raises(FileNotFoundError, match="no-such.pth"):
+    with pytest.raises(BadInput, match="no-such.pth"):
         resolve_weights(str(tmp_path / "no-such.pth"))
 
 
@@ -272,7 +273,7 @@ def test_resolve_weights_hub(monkeypatch, tmp_path):
         raise OSError("no network")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(FileNotFoundError, match=r"huggingface\.co/hpcai-tech/Open-Sora/.*OpenSora-v1-HQ-16x256x256"):
+    with pytest.raises(BadInput, match=r"huggingface\.co/hpcai-tech/Open-Sora/.*OpenSora-v1-HQ-16x256x256"):
         resolve_weights("OpenSora-v1-HQ-16x256x256.pth")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, filename: f"/cache/{repo}/{filename}")
     assert resolve_weights("PixArt-XL-2-512x512.pth") == "/cache/PixArt-alpha/PixArt-alpha/PixArt-XL-2-512x512.pth"
@@ -1587,13 +1588,13 @@ def test_config_loads_and_overrides(tmp_path):
 
 
 def test_config_unknown_keys(tmp_path):
-    with pytest.raises(KeyError, match="batch_sise"):
+    with pytest.raises(BadInput, match="batch_sise"):
         load_config(str(ROOT / "configs/16x256.py"), ["--batch_sise=4"])
-    with pytest.raises(KeyError, match="lr.x"):
+    with pytest.raises(BadInput, match="lr.x"):
         load_config(str(ROOT / "configs/16x256.py"), ["--lr.x=4"])
     bad = tmp_path / "bad.py"
     bad.write_text("num_frame = 16\n")
-    with pytest.raises(KeyError, match="num_frame"):
+    with pytest.raises(BadInput, match="num_frame"):
         load_config(str(bad))
 
 
@@ -1601,7 +1602,7 @@ def test_config_unknown_nested_keys():
     for config, arg, name in [("16x256", "--model.depht=2", "depht"), ("16x256", "--scheduler.foo=1", "foo"),
                               ("16x256", "--vae.scale=2.0", "scale"),  # identity's keyword, not VideoAutoencoderKL's
                               ("shapes", "--text_encoder.config.d_modle=8", "d_modle")]:
-        with pytest.raises(KeyError, match=f"--{re.escape(arg.split('=')[0][2:])}: '{name}'"):
+        with pytest.raises(BadInput, match=f"--{re.escape(arg.split('=')[0][2:])}: '{name}'"):
             load_config(str(ROOT / f"configs/{config}.py"), [arg])
     # a keyword of the class that `type` names is known though the file's dict does not list it
     cfg = load_config(str(ROOT / "configs/16x256.py"), ["--model.depth=2", "--vae.micro_batch_size=4",
@@ -1614,7 +1615,7 @@ def test_config_override_types():
     path = str(ROOT / "configs/shapes.py")
     for arg, types in [("--max_steps=ten", "str .*int"), ("--batch_size=2.5", "float .*int"),
                        ("--model.hidden_size='64'", "str .*int"), ("--image_size=8", "int .*tuple")]:
-        with pytest.raises(TypeError, match=f"{re.escape(arg[2:].split('=')[0])}.*{types}"):
+        with pytest.raises(BadInput, match=f"{re.escape(arg[2:].split('=')[0])}.*{types}"):
             load_config(path, [arg])
     cfg = load_config(path, ["--lr=1", "--grad_checkpoint=2", "--eval_prompts=None", "--max_steps=7"])
     assert cfg["lr"] == 1 and cfg["grad_checkpoint"] == 2 and cfg["eval_prompts"] is None and cfg["max_steps"] == 7
@@ -1747,7 +1748,7 @@ def test_checkpoint_write_interrupted_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(tmp_path / "step0000002.pt"))
     monkeypatch.undo()
-    latest = latest_checkpoint(str(tmp_path))
+    latest = checkpoint_files(str(tmp_path))[0]
     assert latest.endswith("step0000001.pt")
     assert torch.load(latest, weights_only=True)["step"] == 1
     assert sorted(os.listdir(tmp_path)) == ["step0000001.pt"]  # no temp file left behind
@@ -1763,15 +1764,19 @@ def test_sample_writes_mp4(tiny_run):
         cwd=tmp, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     paths = [line for line in out.stdout.split() if line.endswith(".mp4")]
-    assert [os.path.basename(p) for p in paths] == ["a_red_circle_moving_right-seed42.mp4",
-                                                    "a_blue_square_moving_up-seed42.mp4"]
+    digest = {p: hashlib.sha256(p.encode()).hexdigest()[:8] for p in ("a red circle moving right",
+                                                                    "a blue square moving up")}
+    assert [os.path.basename(p) for p in paths] == [  # the slug, a hash of the whole prompt, the seed
+        f"a_red_circle_moving_right-{digest['a red circle moving right']}-seed42.mp4",
+        f"a_blue_square_moving_up-{digest['a blue square moving up']}-seed42.mp4"]
     cfg = load_config(str(ROOT / "configs/shapes.py"))
     frames = read_video(paths[0])
     assert frames.shape == (cfg["num_frames"], *cfg["image_size"], 3) and frames.dtype == np.uint8
 
 
 def run_sample_main(monkeypatch, config, *args):
-    """sample.main() in this process with the VAE and T5 builders replaced by a failure: -> its sys.exit message."""
+    """sample.main() in this process with the VAE and T5 builders replaced by a failure: -> its BadInput message
+    (which sample.py run as a program prints alone, exit code 2: test_reliability_entry_points_print_one_line)."""
     import sample
 
     def built(*a, **k):
@@ -1779,10 +1784,10 @@ def run_sample_main(monkeypatch, config, *args):
     monkeypatch.setattr(sample, "build_vae", built)
     monkeypatch.setattr(sample, "build_text_encoder", built)
     monkeypatch.setattr(sys, "argv", ["sample.py", "--config", str(ROOT / f"configs/{config}.py"), "a prompt", *args])
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(BadInput) as error:
         sample.main()
-    message = str(exit_.value.code)
-    assert "\n" not in message, message  # one line, no traceback
+    message = str(error.value)
+    assert "\n" not in message, message  # one line
     return message
 
 
