@@ -36,7 +36,7 @@ def resolve_weights(name, download=True):
     if base not in HUB_FILES:
         raise BadInput(f"model weights {name!r}: no such file or folder" + (
             ": give a weights file or a run folder of train.py" if os.path.dirname(name) else
-            f", and not one of the hub files {', '.join(HUB_FILES)}: give a weights file, a run folder or one of those"))
+            f", and not one of the hub files {', '.join(HUB_FILES)}: give a weights file, a run folder or one of them"))
     if not download:
         return name
     from huggingface_hub import hf_hub_download

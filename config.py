@@ -48,8 +48,8 @@ class BadInput(ValueError):
 
 
 def one_line_errors(kind, error, tb):
-    """sys.excepthook of train.py, sample.py and data.py: BadInput and OSError (a missing file, permissions, a full disk)
-    print one line and exit with code 2; anything else (a bug), or NANOSORA_DEBUG=1, the usual traceback."""
+    """sys.excepthook of train.py, sample.py and data.py: BadInput and OSError (a missing file, permissions, a full
+    disk) print one line and exit with code 2; anything else (a bug), or NANOSORA_DEBUG=1, the usual traceback."""
     if issubclass(kind, (BadInput, OSError)) and not os.environ.get("NANOSORA_DEBUG"):
         what = "" if issubclass(kind, BadInput) else f"{kind.__name__}: "
         print(f"error: {what}{' '.join(str(error).split())}", file=sys.stderr, flush=True)
@@ -215,9 +215,10 @@ def validate(cfg, command, run_dir=None):
     down = getattr(vae.VAES[cfg["vae"]["type"]], "patch_size", None) or (1, 2 ** (blocks - 1), 2 ** (blocks - 1))
     patch = cfg["model"].get("patch_size") or model.MODELS.get(cfg["model"]["type"], {}).get("patch_size") or \
         inspect.signature(model.STDiT).parameters["patch_size"].default  # (an AutoencoderKL: 2x a block, SD's: 8x)
-    for i, (key, n) in enumerate(zip(("num_frames", "image_size", "image_size"), (cfg["num_frames"], *size))):
-        need(n % (down[i] * patch[i]) == 0, key, f"(T, H, W) must divide by the VAE's down-sampling {tuple(down)} "
-             f"times the model's patch_size {tuple(patch)}: pick multiples of {tuple(d * p for d, p in zip(down, patch))}")
+    step = tuple(d * p for d, p in zip(down, patch))
+    for key, n, k in zip(("num_frames", "image_size", "image_size"), (cfg["num_frames"], *size), step):
+        need(n % k == 0, key, f"(T, H, W) must divide by the VAE's down-sampling {tuple(down)} times the model's "
+             f"patch_size {tuple(patch)}: pick multiples of {step}")
 
     # files to read, folders to write
     if command in ("train", "cache"):
