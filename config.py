@@ -211,10 +211,10 @@ def validate(cfg, command, run_dir=None):
              "give a run folder of train.py or a weights file")
 
     # shapes: (num_frames, *image_size) / the VAE's down-sampling must divide by the model's patch_size
-    blocks = len(cfg["vae"]["config"].get("block_out_channels", (64,))) if cfg["vae"].get("config") else 4
+    blocks = len(cfg["vae"]["config"].get("block_out_channels", (64,))) if cfg["vae"].get("config") else 4  # SD's
     down = getattr(vae.VAES[cfg["vae"]["type"]], "patch_size", None) or (1, 2 ** (blocks - 1), 2 ** (blocks - 1))
     patch = cfg["model"].get("patch_size") or model.MODELS.get(cfg["model"]["type"], {}).get("patch_size") or \
-        inspect.signature(model.STDiT).parameters["patch_size"].default  # (an AutoencoderKL: 2x a block, SD's: 8x)
+        inspect.signature(model.STDiT).parameters["patch_size"].default  # (an AutoencoderKL halves H, W per block)
     step = tuple(d * p for d, p in zip(down, patch))
     for key, n, k in zip(("num_frames", "image_size", "image_size"), (cfg["num_frames"], *size), step):
         need(n % k == 0, key, f"(T, H, W) must divide by the VAE's down-sampling {tuple(down)} times the model's "
@@ -222,9 +222,10 @@ def validate(cfg, command, run_dir=None):
 
     # files to read, folders to write
     if command in ("train", "cache"):
-        path, cached = cfg["data_path"], cfg["cache_dir"] and data.read_meta(cfg) is not None
+        path = cfg["data_path"]
         need(isinstance(path, str) and path != "CSV_PATH", "data_path", "set --data_path=FILE.csv, your CSV of "
              "path,caption rows (CSV_PATH is v1.0's placeholder)")
+        cached = cfg["cache_dir"] and data.read_meta(cfg) is not None  # (built with other settings: BadInput)
         need(not os.path.isdir(path), "data_path", "a folder: give the CSV file of path,caption rows")
         folder = os.path.dirname(path) or "."
         if not os.path.exists(path) and cfg["make_shapes"]:  # the toy set goes only into its own folder
@@ -240,11 +241,10 @@ def validate(cfg, command, run_dir=None):
         if cfg["cache_dir"] and not data.cache_complete(cfg):
             writable("cache_dir", cfg["cache_dir"])
     if command == "train":
-        if cfg["load"]:
-            need(checkpoint_files(cfg["load"]), "load", "no such file, or a folder with no stepNNNNNNN.pt checkpoint: "
-                 "give a run folder of train.py or one of its checkpoints")
+        need(not cfg["load"] or checkpoint_files(cfg["load"]), "load", "no such file, or a folder with no "
+             "stepNNNNNNN.pt checkpoint: give a run folder of train.py or one of its checkpoints")
+        writable("load" if cfg["load"] else "outputs", run_dir)
         need(cfg["load"] or not checkpoint_files(run_dir), "outputs", f"{run_dir} holds the checkpoints of an earlier "
              f"run: resume it with --load={run_dir}, or set another --outputs")
-        writable("load" if cfg["load"] else "outputs", run_dir)
     if command == "sample":
         writable("save_dir", cfg["save_dir"])
