@@ -91,7 +91,7 @@ def read_checkpoint(path):
     ckpt = torch_load(path)
     missing = [k for k in TRAINING_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(TRAINING_KEYS)
     if missing or not isinstance(ckpt["model"], dict):
-        raise BadInput(f"{path}: not a training checkpoint (holds a {type(ckpt).__name__} without "
+        raise BadInput(f"{path}: not a training checkpoint ({type(ckpt).__name__} without "
                        f"{', '.join(missing)}): --load takes a run folder of train.py or one of its stepNNNNNNN.pt "
                        "(to start from released weights, set --model.from_pretrained)")
     return ckpt

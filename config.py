@@ -122,8 +122,9 @@ def load_config(path, overrides=()):
             raise BadInput(f"override --{key}: '{leaf}' is not a key of {'.'.join(parents)}{kind} in {path}")
         new = parse_value(value)
         if not same_type(node.get(leaf), new):
-            raise BadInput(f"override --{key}={value}: {type(new).__name__} where {path} has "
-                           f"{type(node[leaf]).__name__} {node[leaf]!r}: give a {type(node[leaf]).__name__}")
+            kind = type(node[leaf]).__name__
+            raise BadInput(f"override --{key}={value}: {type(new).__name__} where {path} has {kind} {node[leaf]!r}: "
+                           f"give {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
         node[leaf] = new
     return cfg
 
@@ -224,7 +225,7 @@ def validate(cfg, command, run_dir=None):
     if command in ("train", "cache"):
         path = cfg["data_path"]
         need(isinstance(path, str) and path != "CSV_PATH", "data_path", "set --data_path=FILE.csv, your CSV of "
-             "path,caption rows (CSV_PATH is v1.0's placeholder)")
+             "path,caption rows" + " (CSV_PATH is v1.0's placeholder)" * (path == "CSV_PATH"))
         cached = cfg["cache_dir"] and data.read_meta(cfg) is not None  # (built with other settings: BadInput)
         need(not os.path.isdir(path), "data_path", "a folder: give the CSV file of path,caption rows")
         folder = os.path.dirname(path) or "."
