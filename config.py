@@ -6,10 +6,20 @@ that names it, in the file or on the command line. A nested override (--model.de
 the file's dict or a keyword of the class its `type` names. Override values are parsed as Python literals
 and fall back to plain strings (--outputs=runs/a); like nanoGPT's configurator, a value of another type
 than the one it replaces is an error (--max_steps=ten), except an int for a float or a bool and None.
+
+validate(cfg, "train" | "sample" | "cache", run_dir) is the one pass over every rule a run depends on (keys, types,
+ranges, shapes, placeholders, files to read, folders to write), before anything is written or loaded. Bad input raises
+BadInput: one line naming the key or file, the value and what to do; the entry points print it alone and exit with code
+2 (one_line_errors; NANOSORA_DEBUG=1 shows the traceback).
 """
 import ast
+import difflib
 import inspect
+import os
 import runpy
+import sys
+import tempfile
+import traceback
 
 import torch
 
@@ -25,13 +35,28 @@ DEFAULTS = dict(
     dtype="bf16", compile=True, grad_checkpoint=False, plugin="zero2", sp_size=1, seed=42, outputs="outputs",
     wandb=False, tensorboard=False, epochs=1000, max_steps=None, log_every=10, ckpt_every=1000,
     load=None, batch_size=8, lr=2e-5, grad_clip=1.0, weight_decay=0.0, ema_decay=0.9999,
-    max_bad_steps=10,
+    max_bad_steps=10, keep_last=None,
     # sampling (prompt, a string or a list, comes before prompt_path as in v1.0)
     fps=8, prompt_path=None, prompt=None, save_dir="samples", ckpt=None, eval_prompts=None,
     multi_resolution=False,  # PixArtMS: the image size and aspect ratio go into the model (v1.0's key)
 )
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # a config's dtype (GPU; CPU: fp32)
+
+
+class BadInput(ValueError):
+    """A config value, a data file or a weights file that cannot work: the message is one line naming the key, file or
+    line, the value and what to do."""
+
+
+def one_line_errors(kind, error, tb):
+    """sys.excepthook of train.py, sample.py and data.py: BadInput and OSError (a missing file, permissions, a full
+    disk) print one line and exit with code 2; anything else (a bug), or NANOSORA_DEBUG=1, the usual traceback."""
+    if issubclass(kind, (BadInput, OSError)) and not os.environ.get("NANOSORA_DEBUG"):
+        what = "" if issubclass(kind, BadInput) else f"{kind.__name__}: "
+        print(f"error: {what}{' '.join(str(error).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(2)  # raised inside the hook, Python exits with this code (atexit handlers still run)
+    sys.__excepthook__(kind, error, tb)
 
 
 def parse_value(text):
@@ -59,33 +84,171 @@ def keywords(section, kind):
     return names | {"type"} | ({"from_pretrained"} if section == "model" else set())  # build_model takes the weights
 
 
+def unknown(key, known):
+    """An unknown key's error message, with the closest known key as a hint."""
+    close = difflib.get_close_matches(key, known, 1)
+    return f"unknown config key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+
 def load_config(path, overrides=()):
+    if not os.path.isfile(path):
+        raise BadInput(f"{path}: no such config file (the ones shipped are in configs/)")
     cfg = dict(DEFAULTS)
-    loaded = {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")}
+    try:
+        loaded = {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")}
+    except SyntaxError as e:
+        raise BadInput(f"{path}, line {e.lineno}: {e.msg}: fix the config file") from e
+    except Exception as e:  # the file's own code failed (NameError, ...): where, and why
+        line = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path][-1:] or ["?"]
+        raise BadInput(f"{path}, line {line[0]}: {type(e).__name__}: {e}: fix the config file") from e
     loaded = {k: v for k, v in loaded.items() if not callable(v) and not hasattr(v, "__file__")}  # drop imports
     for key, value in loaded.items():
         if key not in DEFAULTS:
-            raise KeyError(f"{path}: unknown config key '{key}' (known: {', '.join(sorted(DEFAULTS))})")
+            raise BadInput(f"{path}: {unknown(key, DEFAULTS)}: fix or remove it (known keys: config.DEFAULTS)")
         cfg[key] = value
     for arg in overrides:
         if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"override '{arg}' must look like --key=value or --model.depth=2")
+            raise BadInput(f"override '{arg}' must look like --key=value or --model.depth=2")
         key, value = arg[2:].split("=", 1)
         *parents, leaf = key.split(".")
         node = cfg
         for i, p in enumerate(parents):
             if not isinstance(node.get(p), dict):
-                raise KeyError(f"override --{key}: '{'.'.join(parents[:i + 1])}' is not a dict in {path}")
+                raise BadInput(f"override --{key}: '{'.'.join(parents[:i + 1])}' is not a dict in {path}")
             node[p] = dict(node[p])  # a copy: never mutate the file's dicts
             node = node[p]
         if not parents and leaf not in cfg:
-            raise KeyError(f"override --{key}: unknown config key '{leaf}'")
+            raise BadInput(f"override --{key}: {unknown(leaf, DEFAULTS)}")
         if parents and leaf not in node and leaf not in keywords(".".join(parents), node.get("type")):
             kind = f" (type {node['type']!r})" if "type" in node else ""
-            raise KeyError(f"override --{key}: '{leaf}' is not a key of {'.'.join(parents)}{kind} in {path}")
+            raise BadInput(f"override --{key}: '{leaf}' is not a key of {'.'.join(parents)}{kind} in {path}")
         new = parse_value(value)
         if not same_type(node.get(leaf), new):
-            raise TypeError(f"override --{key}={value}: {type(new).__name__} where {path} has "
-                            f"{type(node[leaf]).__name__} {node[leaf]!r}")
+            kind = type(node[leaf]).__name__
+            raise BadInput(f"override --{key}={value}: {type(new).__name__} where {path} has {kind} {node[leaf]!r}: "
+                           f"give {'an' if kind[0] in 'aeiou' else 'a'} {kind}")
         node[leaf] = new
     return cfg
+
+
+# ----------------------------------------------------------------------------- validation
+def writable(key, folder):
+    """BadInput unless files can be written into `folder` (made later if missing): probed with a temporary file in it
+    or its nearest existing parent, so permissions, a read-only disk or a file in the way show up now, not later."""
+    parent = os.path.abspath(folder)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    try:
+        if not os.path.isdir(parent):
+            raise NotADirectoryError(f"{parent} is a file")
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise BadInput(f"{key}={folder!r}: cannot write there ({e.strerror or e}): choose a writable folder") from e
+
+
+def validate(cfg, command, run_dir=None):
+    """Check cfg for `command` ("train", "sample" or "cache"; run_dir: train.py's run folder) before anything is
+    written or loaded; the first problem raises BadInput."""
+    import data, diffusion, model, text, vae  # noqa: E401. Here: the type dicts as they are when the run starts
+    from checkpoints import checkpoint_files, resolve_weights
+
+    def need(ok, key, what):
+        if not ok:
+            *parent, leaf = key.split(".")
+            raise BadInput(f"{key}={(cfg[parent[0]] if parent else cfg).get(leaf)!r}: {what}")
+
+    # numbers
+    for key in ("num_frames", "frame_interval", "batch_size", "epochs", "log_every", "ckpt_every", "sp_size",
+                "max_bad_steps", "num_workers", "make_shapes", "seed"):
+        low = 0 if key in ("num_workers", "make_shapes", "seed") else 1
+        need(type(cfg[key]) is int and cfg[key] >= low, key, f"give a whole number >= {low}")
+    need(cfg["max_steps"] is None or type(cfg["max_steps"]) is int and cfg["max_steps"] >= 1, "max_steps",
+         "give a number of steps >= 1, or None to train `epochs` epochs")
+    need(cfg["keep_last"] is None or type(cfg["keep_last"]) is int and cfg["keep_last"] >= 1, "keep_last",
+         "give how many checkpoints to keep (>= 1), or None to keep them all")
+    number = lambda v: type(v) in (int, float)  # noqa: E731
+    for key in ("lr", "fps"):
+        need(number(cfg[key]) and cfg[key] > 0, key, "give a number > 0")
+    for key in ("weight_decay", "grad_clip"):
+        need(number(cfg[key]) and cfg[key] >= 0 or key == "grad_clip" and cfg[key] is None, key, "give a number >= 0")
+    need(number(cfg["ema_decay"]) and 0 <= cfg["ema_decay"] <= 1, "ema_decay", "give a number in [0, 1]")
+    size = cfg["image_size"]
+    need(type(size) in (tuple, list) and len(size) == 2 and all(type(n) is int and n >= 1 for n in size),
+         "image_size", "give (height, width), two whole numbers >= 1")
+    need(cfg["dtype"] in DTYPES, "dtype", f"give one of {', '.join(DTYPES)}")
+    need(cfg["plugin"] in ("zero2", "zero2-seq") and (cfg["plugin"] == "zero2") == (cfg["sp_size"] == 1), "plugin",
+         f"with sp_size={cfg['sp_size']}: use plugin='zero2' (ZeRO-2) with sp_size=1, or plugin='zero2-seq' (ZeRO-2 + "
+         "Ulysses sequence parallelism) with sp_size > 1")
+    prompts = cfg["eval_prompts"]
+    need(prompts is None or type(prompts) in (list, tuple) and all(isinstance(p, str) and p for p in prompts),
+         "eval_prompts", "give a list of prompts, or None")
+
+    # the model, encoders and schedulers: a known type and that class's keywords
+    types = dict(model=model.MODELS, vae=vae.VAES, text_encoder=text.TEXT_ENCODERS,
+                 scheduler=diffusion.SCHEDULERS, sample_scheduler=diffusion.SCHEDULERS)
+    for section, known in types.items():
+        if cfg[section] is None and section == "sample_scheduler":
+            continue
+        need(isinstance(cfg[section], dict), section, "give a dict with a type and its keywords")
+        need(cfg[section].get("type") in known, f"{section}.type", f"give one of {', '.join(known)}")
+        kind = cfg[section]["type"]
+        for key in cfg[section]:
+            need(key in keywords(section, kind), f"{section}.{key}", f"not a keyword of {section} type {kind!r}")
+    for section, cls in (("vae", vae.VAES), ("text_encoder", text.TEXT_ENCODERS)):  # v1.0's ./pretrained_models/..
+        name, default = cfg[section].get("from_pretrained"), inspect.signature(cls[cfg[section]["type"]]).parameters
+        looks_local = isinstance(name, str) and (name.startswith((".", "/", "~")) or name.count("/") > 1)
+        hub = f" ({default['from_pretrained'].default}, fetched on first use)" if "from_pretrained" in default else ""
+        need(not looks_local or os.path.exists(name), f"{section}.from_pretrained",
+             f"no such folder: set --{section}.from_pretrained to a hub id{hub} or a folder holding the weights")
+    weights, key = cfg["model"].get("from_pretrained"), "model.from_pretrained"
+    if command == "sample":
+        weights, key = (cfg["ckpt"], "ckpt") if cfg["ckpt"] else (weights, key)
+        need(weights, key, "no model weights: pass --ckpt (a run folder of train.py, a .pth/.safetensors file or a "
+                           "hub file name)")
+    if weights and command != "cache":
+        try:
+            local = resolve_weights(weights, download=False)
+        except BadInput as e:
+            raise BadInput(f"{key}: {e}" + " (or pass --ckpt)" * (key != "ckpt" and command == "sample")) from e
+        need(checkpoint_files(local) or not os.path.isdir(local), key, "a folder with no stepNNNNNNN.pt checkpoint: "
+             "give a run folder of train.py or a weights file")
+
+    # shapes: (num_frames, *image_size) / the VAE's down-sampling must divide by the model's patch_size
+    blocks = len(cfg["vae"]["config"].get("block_out_channels", (64,))) if cfg["vae"].get("config") else 4  # SD's
+    down = getattr(vae.VAES[cfg["vae"]["type"]], "patch_size", None) or (1, 2 ** (blocks - 1), 2 ** (blocks - 1))
+    cls, sizes = model.MODELS[cfg["model"]["type"]]  # (an AutoencoderKL halves H, W per block)
+    patch = cfg["model"].get("patch_size") or sizes.get("patch_size") or \
+        inspect.signature(cls).parameters["patch_size"].default
+    step = tuple(d * p for d, p in zip(down, patch))
+    for key, n, k in zip(("num_frames", "image_size", "image_size"), (cfg["num_frames"], *size), step):
+        need(n % k == 0, key, f"(T, H, W) must divide by the VAE's down-sampling {tuple(down)} times the model's "
+             f"patch_size {tuple(patch)}: pick multiples of {step}")
+
+    # files to read, folders to write
+    if command in ("train", "cache"):
+        path = cfg["data_path"]
+        need(isinstance(path, str) and path != "CSV_PATH", "data_path", "set --data_path=FILE.csv, your CSV of "
+             "path,caption rows" + " (CSV_PATH is v1.0's placeholder)" * (path == "CSV_PATH"))
+        cached = cfg["cache_dir"] and data.read_meta(cfg) is not None  # (built with other settings: BadInput)
+        need(not os.path.isdir(path), "data_path", "a folder: give the CSV file of path,caption rows")
+        folder = os.path.dirname(path) or "."
+        if not os.path.exists(path) and cfg["make_shapes"]:  # the toy set goes only into its own folder
+            others = sorted(f for f in os.listdir(folder) if not data.SHAPES_FILE.fullmatch(f)) \
+                if os.path.isdir(folder) else []
+            need(not others, "data_path", f"no such file, and make_shapes={cfg['make_shapes']} writes the toy set only "
+                 f"into a new folder or its own, but {folder} holds {', '.join(others[:3])}: fix data_path, or "
+                 "--make_shapes=0")
+            writable("data_path", folder)
+        need(os.path.exists(path) or cfg["make_shapes"] or cached, "data_path", "no such file: give the CSV of "
+             "path,caption rows to train on")
+        need(command == "train" or cfg["cache_dir"], "cache_dir", "set --cache_dir=FOLDER to encode the data set into")
+        if cfg["cache_dir"] and not data.cache_complete(cfg):
+            writable("cache_dir", cfg["cache_dir"])
+    if command == "train":
+        need(not cfg["load"] or checkpoint_files(cfg["load"]), "load", "no such file, or a folder with no "
+             "stepNNNNNNN.pt checkpoint: give a run folder of train.py or one of its checkpoints")
+        writable("load" if cfg["load"] else "outputs", run_dir)
+        need(cfg["load"] or not checkpoint_files(run_dir), "outputs", f"{run_dir} holds the checkpoints of an earlier "
+             f"run: resume it with --load={run_dir}, or set another --outputs")
+    if command == "sample":
+        writable("save_dir", cfg["save_dir"])

@@ -8,7 +8,8 @@ the toy shapes set and its judge. Making the CSV and the cache: prepare.py.
     python data.py judge samples/shapes                  # colour / direction accuracy of toy clips
 
 The CSV is Open-Sora v1.0's: rows `path,caption` (extra columns ignored), an optional header `path,caption` or
-`path,text`, relative paths joined to `root`. Videos are decoded with PyAV; images (by extension) are 1-frame clips
+`path,text`, relative paths joined to `root`; read strictly (read_csv): a bad row is an error naming the file and line,
+never a row silently merged or made up. Videos are decoded with PyAV; images (by extension) are 1-frame clips
 repeated num_frames times, as v1.0 does (so num_frames=1 gives (3, 1, H, W), and images batch with videos).
 """
 import argparse
@@ -25,6 +26,8 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from config import BadInput
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -263,21 +266,40 @@ def resize_crop(x, size, flip=False):
 
 # ----------------------------------------------------------------------------- the data set
 def read_csv(data_path, root=None):
-    """[(path, caption)] from an Open-Sora v1.0 CSV; a row without caption or a CSV with no rows is an error."""
+    """[(path, caption)] from an Open-Sora v1.0 CSV. Strict, so that no row is lost or made up unnoticed: UTF-8 (a BOM
+    is skipped), each row on its own line (a quote left open would swallow the rows after it), a first row that names
+    a `path` column must be the header `path,caption` or `path,text`; every row needs a caption. BadInput otherwise."""
+    try:
+        with open(data_path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise BadInput(f"{data_path}: cannot read the CSV ({e.strerror or e})") from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise BadInput(f"{data_path}, line {line}: not UTF-8 (byte {raw[e.start]:#04x}): save the CSV as UTF-8") from e
     samples = []
-    with open(data_path, newline="") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            if not any(c.strip() for c in row):
-                continue  # blank line
-            if not samples and [c.strip().lower() for c in row[:2]] in (["path", "caption"], ["path", "text"]):
-                continue  # header
-            if len(row) < 2 or not row[1].strip():
-                raise ValueError(f"{data_path}, line {reader.line_num}: row {row!r} has no caption (rows are "
-                                 f"path,caption; python prepare.py filter --remove_empty_caption drops such rows)")
-            samples.append((os.path.join(root, row[0]) if root else row[0], row[1]))
+    for n, line in enumerate(text.split("\n"), 1):
+        try:
+            row = next(csv.reader([line.rstrip("\r")], strict=True), [])
+        except csv.Error as e:
+            raise BadInput(f"{data_path}, line {n}: {e} in {line[:60]!r}: close the quote; a caption with a comma or "
+                           'quote goes in "double quotes", its quotes doubled') from e
+        if not any(c.strip() for c in row):
+            continue  # blank line
+        head = [c.strip().lower() for c in row[:2]]
+        if not samples and (head[0] == "path" or head[1:] in (["caption"], ["text"])):  # a header row
+            if head not in (["path", "caption"], ["path", "text"]):
+                raise BadInput(f"{data_path}, line {n}: header {','.join(row)!r}: name the first two columns "
+                               "path,caption (or path,text)")
+            continue
+        if len(row) < 2 or not row[1].strip():
+            raise BadInput(f"{data_path}, line {n}: row {row!r} has no caption (rows are path,caption; python prepare.py "
+                           "filter --remove_empty_caption drops such rows)")
+        samples.append((os.path.join(root, row[0]) if root else row[0], row[1]))
     if not samples:
-        raise ValueError(f"{data_path}: no rows (expected path,caption rows)")
+        raise BadInput(f"{data_path}: no rows (expected path,caption rows)")
     return samples
 
 
@@ -319,8 +341,8 @@ class VideoDataset(torch.utils.data.Dataset):
                 except BadSample as e:
                     self.mark_bad(i, e)
         else:
-            raise ValueError(f"{data_path}: none of its {len(self.samples)} rows is usable (missing or bad files, "
-                             f"warnings above; the first: {self.samples[0][0]})")
+            raise BadInput(f"{data_path}: none of its {len(self.samples)} rows is usable (missing or bad files, "
+                           f"warnings above; the first: {self.samples[0][0]})")
 
     def __len__(self):
         return len(self.samples)
@@ -388,8 +410,8 @@ def read_meta(cfg):
         meta = json.load(f)
     for key, value in cache_settings(cfg).items():
         if meta["settings"].get(key) != value:
-            raise ValueError(f"{path}: the cache was built with {key}={meta['settings'].get(key)!r}, the config says "
-                             f"{value!r}; delete {cfg['cache_dir']} or set another cache_dir")
+            raise BadInput(f"{path}: the cache was built with {key}={meta['settings'].get(key)!r}, the config says "
+                           f"{value!r}: delete {cfg['cache_dir']} or set another cache_dir")
     return meta
 
 
@@ -412,7 +434,7 @@ class CachedDataset(torch.utils.data.Dataset):
 
         meta = read_meta(cfg)
         if meta is None or not cache_complete(cfg):
-            raise FileNotFoundError(f"{cfg['cache_dir']}: no complete cache (python prepare.py cache CONFIG)")
+            raise BadInput(f"{cfg['cache_dir']}: no complete cache (python prepare.py cache CONFIG)")
         self.caption_channels, self.text_tokens = meta["caption_channels"], meta["text_tokens"]
         self.windows, self.rows, self.seed, self.epoch = meta["windows"], [], cfg["seed"], 0
         for k in range(meta["shards"]):
@@ -424,7 +446,7 @@ class CachedDataset(torch.utils.data.Dataset):
             self.rows += [(k, r, captions[r], starts[r], lengths[r]) for r in range(len(lengths))]
         self.num_skipped = meta["rows"] - len(self.rows)
         if not self.rows:
-            raise ValueError(f"{cfg['cache_dir']}: the cache holds no samples")
+            raise BadInput(f"{cfg['cache_dir']}: the cache holds no samples")
         self.cache_dir, self.files = cfg["cache_dir"], {}
 
     def __len__(self):
@@ -467,7 +489,8 @@ def caption_channels(cfg, text_encoder=None):
 
 # ----------------------------------------------------------------------------- the toy set: moving shapes
 def ensure_shapes(cfg):
-    """The demo's toy set is written on first use: cfg["make_shapes"] clips and the CSV that data_path names."""
+    """The demo's toy set is written on first use: cfg["make_shapes"] clips and the CSV that data_path names (into a
+    new folder or its own only: config.validate refuses a folder holding anything but SHAPES_FILE names)."""
     if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
         folder, name = os.path.split(cfg["data_path"])
         make_shapes(folder, cfg["make_shapes"], csv_name=name)
@@ -478,6 +501,7 @@ COLOURS = dict(red=(255, 0, 0), green=(0, 255, 0), blue=(0, 0, 255), yellow=(255
 SHAPES = ("circle", "square")
 DIRECTIONS = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))  # (dx, dy), y downwards
 SHAPES_PROMPTS = [f"a {c} {s} moving {d}" for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+SHAPES_FILE = re.compile(r"\d{5}\.mp4(\.tmp\d+\.mp4)?|.*\.csv\.tmp")  # what make_shapes writes (an interrupted one)
 
 
 def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
@@ -552,7 +576,7 @@ def judge_files(target):
     pattern = re.compile(r"\b(%s)\b.*\bmoving (%s)\b" % ("|".join(COLOURS), "|".join(DIRECTIONS)))
     pairs = [(p, c) for p, c in pairs if pattern.search(c.lower())]  # toy captions only
     if not pairs:
-        raise ValueError(f"{target}: no clips with a toy caption ('a red circle moving right') to judge")
+        raise BadInput(f"{target}: no clips with a toy caption ('a red circle moving right') to judge")
     results = []
     for path, caption in pairs:
         r = judge_clip(read_video(path), caption)
@@ -568,6 +592,8 @@ def judge_files(target):
 
 # ----------------------------------------------------------------------------- command line
 if __name__ == "__main__":
+    from config import one_line_errors
+    sys.excepthook = one_line_errors  # bad input: one line, exit code 2 (NANOSORA_DEBUG=1: the traceback)
     parser = argparse.ArgumentParser(description="toy data and its judge")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("shapes", help="write the moving-shapes toy set")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import data
+from config import BadInput, load_config, one_line_errors, validate
 
 VIDEO_EXTS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 CAPTION_PREFIXES = ("The video shows", "The video captures", "The video features", "The video depicts",
@@ -397,11 +398,9 @@ def bench(clip_dir, workers=(1, 2), samples=8, feed=None):
 def main(argv):
     if argv[:1] == ["cache"]:  # the config system's --key=value overrides, like train.py
         if len(argv) < 2:
-            sys.exit("usage: [torchrun ...] prepare.py cache CONFIG.py [--key=value ...]")
-        from config import load_config
+            raise BadInput("usage: [torchrun ...] prepare.py cache CONFIG.py [--key=value ...]")
         cfg = load_config(argv[1], argv[2:])
-        if not cfg["cache_dir"]:
-            sys.exit(f"{argv[1]}: set cache_dir (in the file or --cache_dir=...)")
+        validate(cfg, "cache")
         data.ensure_shapes(cfg)
         rank, world, local = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
         build_cache(cfg, f"cuda:{local}" if torch.cuda.is_available() else "cpu", rank=rank, world_size=world)
@@ -455,4 +454,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.excepthook = one_line_errors  # bad input: one line, exit code 2 (NANOSORA_DEBUG=1: the traceback)
     main(sys.argv[1:])

@@ -1,8 +1,8 @@
-"""Train a model of the zoo (STDiT, PixArt, DiT, Latte). Read top to bottom: config, distributed, data, encoders, model, optimizer, resume, loop.
+"""Train a model of the zoo. Read top to bottom: config, distributed, data, encoders, model, optimizer, resume, loop.
 
     torchrun --nproc_per_node 8 train.py configs/opensora/train/16x256x256.py --data_path=train.csv
     python train.py configs/shapes.py                      # the CPU demo
-    python train.py configs/shapes.py --load=outputs/shapes  # resume from the latest checkpoint
+    python train.py configs/shapes.py --load=outputs/shapes  # resume from the newest checkpoint that loads
 """
 import math
 import os
@@ -15,28 +15,30 @@ from tqdm import tqdm
 import data
 import parallel
 import prepare
-from config import DTYPES, load_config
+from config import DTYPES, BadInput, load_config, one_line_errors, validate
 from diffusion import build_scheduler
-from checkpoints import latest_checkpoint, save_checkpoint
+from checkpoints import fit, newest_that_loads, read_checkpoint, save_checkpoint
 from model import PixArtMS, build_model
 from text import build_text_encoder
 from vae import build_vae
 
 # ----------------------------------------------------------------------------- config
+sys.excepthook = one_line_errors  # bad input: one line, exit code 2 (NANOSORA_DEBUG=1: the traceback)
 if len(sys.argv) < 2:
-    sys.exit("usage: [torchrun ...] train.py CONFIG.py [--key=value ...]")
+    raise BadInput("usage: [torchrun ...] train.py CONFIG.py [--key=value ...]")
 cfg = load_config(sys.argv[1], sys.argv[2:])
 run_dir = os.path.join(cfg["outputs"], os.path.splitext(os.path.basename(sys.argv[1]))[0])
-if cfg["plugin"] not in ("zero2", "zero2-seq") or (cfg["plugin"] == "zero2") != (cfg["sp_size"] == 1):
-    sys.exit(f"plugin={cfg['plugin']!r} with sp_size={cfg['sp_size']}: use plugin='zero2' (ZeRO-2) with sp_size=1, or "
-             "plugin='zero2-seq' (ZeRO-2 + Ulysses sequence parallelism) with sp_size > 1")
+if cfg["load"]:  # a resumed run goes on in the folder of its checkpoints
+    run_dir = cfg["load"] if os.path.isdir(cfg["load"]) else os.path.dirname(cfg["load"]) or "."
+validate(cfg, "train", run_dir)  # every rule, before anything is written or loaded
+if cfg["load"]:  # read now, so that a bad file stops the run before the encoders load; a truncated one is skipped
+    load_path, ckpt = newest_that_loads(cfg["load"], read_checkpoint)
 
 # ----------------------------------------------------------------------------- distributed
 ctx = parallel.setup(cfg["sp_size"])
 device = ctx.device
 dtype = DTYPES[cfg["dtype"]] if device.type == "cuda" else torch.float32  # CPU trains in fp32
 log = print if ctx.is_main else (lambda *a, **k: None)
-os.makedirs(run_dir, exist_ok=True)
 if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN autotuning for the VAE's convolutions
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
 
@@ -55,7 +57,8 @@ loader = torch.utils.data.DataLoader(
     pin_memory=device.type == "cuda", generator=loader_gen, persistent_workers=False)
 steps_per_epoch = len(loader)
 if steps_per_epoch == 0:
-    sys.exit(f"{cfg['data_path']}: {len(dataset)} samples give no full batch of {cfg['batch_size']} per rank")
+    raise BadInput(f"batch_size={cfg['batch_size']}: {cfg['data_path']}'s {len(dataset)} samples give no full batch "
+                   f"per rank ({ctx.dp_size} data-parallel ranks): lower batch_size")
 
 # ----------------------------------------------------------------------------- encoders
 vae = build_vae(cfg["vae"], device=device, dtype=dtype)
@@ -98,7 +101,7 @@ def ema_state_dict():
 # ----------------------------------------------------------------------------- resume
 step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
 if cfg["load"]:
-    ckpt = torch.load(latest_checkpoint(cfg["load"]), map_location="cpu", weights_only=True)
+    fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
@@ -106,8 +109,16 @@ if cfg["load"]:
     torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
     if device.type == "cuda" and "cuda_rng" in ckpt:
         torch.cuda.set_rng_state(ckpt["cuda_rng"][ctx.dp_rank % len(ckpt["cuda_rng"])])
-    run_dir = os.path.dirname(latest_checkpoint(cfg["load"]))
-    log(f"resumed from {cfg['load']} at step {step} (epoch {epoch}, sample {start})")
+    log(f"resumed from {load_path} at step {step} (epoch {epoch}, sample {start})")
+    del ckpt
+loss_txt = os.path.join(run_dir, "loss.txt")  # the loss curve, cut back to the step resumed from (a fresh run: empty)
+if ctx.is_main:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(loss_txt + ".tmp", "w") as f:
+        for line in open(loss_txt) if os.path.exists(loss_txt) else []:  # (a line cut short by a kill has no newline)
+            if line.endswith("\n") and line.split(" ")[0].isdigit() and int(line.split(" ")[0]) <= step:
+                f.write(line)
+    os.replace(loss_txt + ".tmp", loss_txt)
 
 
 def checkpoint():
@@ -118,7 +129,7 @@ def checkpoint():
     if device.type == "cuda":
         state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
     if ctx.is_main:
-        log(f"saved {save_checkpoint(state, os.path.join(run_dir, f'step{step:07d}.pt'))}")
+        log(f"saved {save_checkpoint(state, os.path.join(run_dir, f'step{step:07d}.pt'), cfg['keep_last'])}")
     parallel.barrier()
 
 
@@ -149,7 +160,8 @@ try:
         writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
         loggers.append(lambda s, scalars: [writer.add_scalar(k, v, s) for k, v in scalars.items()])
 except ImportError as e:
-    sys.exit(f"wandb/tensorboard is on in the config but cannot be imported ({e}): pip install it or turn it off")
+    raise BadInput(f"wandb/tensorboard is on in the config but cannot be imported ({e}): pip install it or turn it "
+                   "off") from e
 
 # ----------------------------------------------------------------------------- loop
 max_steps = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
@@ -179,8 +191,8 @@ while step < max_steps:
             opt.update_ema(cfg["ema_decay"])  # of the fp32 master shard (v1.0 skips pos_embed, a buffer here anyway)
         if step % cfg["log_every"] == 0 or step == max_steps:
             loss_avg = parallel.all_reduce_mean(loss.detach())
-            if ctx.is_main:  # a plain loss curve next to the checkpoints; appended to on resume
-                with open(os.path.join(run_dir, "loss.txt"), "a") as f:
+            if ctx.is_main:  # a plain loss curve next to the checkpoints
+                with open(loss_txt, "a") as f:
                     f.write(f"{step} {loss_avg!r}\n")
             rate = (step - n_last) * cfg["batch_size"] * ctx.dp_size / (time.time() - t_last)
             t_last, n_last = time.time(), step
