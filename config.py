@@ -149,7 +149,7 @@ def writable(key, folder):
 def validate(cfg, command, run_dir=None):
     """Check cfg for `command` ("train", "sample" or "cache"; run_dir: train.py's run folder) before anything is
     written or loaded; the first problem raises BadInput."""
-    import data, diffusion, model, text, vae  # noqa: E401. Here: the type dicts as they are when the run starts
+    import data, diffusion, model, text, toy, vae  # noqa: E401. Here: the type dicts as they are when the run starts
     from checkpoints import checkpoint_files, resolve_weights
 
     def need(ok, key, what):
@@ -233,7 +233,7 @@ def validate(cfg, command, run_dir=None):
         need(not os.path.isdir(path), "data_path", "a folder: give the CSV file of path,caption rows")
         folder = os.path.dirname(path) or "."
         if not os.path.exists(path) and cfg["make_shapes"]:  # the toy set goes only into its own folder
-            others = sorted(f for f in os.listdir(folder) if not data.SHAPES_FILE.fullmatch(f)) \
+            others = sorted(f for f in os.listdir(folder) if not toy.SHAPES_FILE.fullmatch(f)) \
                 if os.path.isdir(folder) else []
             need(not others, "data_path", f"no such file, and make_shapes={cfg['make_shapes']} writes the toy set only "
                  f"into a new folder or its own, but {folder} holds {', '.join(others[:3])}: fix data_path, or "

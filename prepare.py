@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import data
+import toy
 from config import BadInput, load_config, one_line_errors, validate
 
 VIDEO_EXTS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
@@ -248,7 +249,8 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
     cache_dir, shards = cfg["cache_dir"], math.ceil(len(dataset) / data.SHARD)
     if data.read_meta(cfg) is None:  # every rank writes the same meta.json
         meta = dict(settings=data.cache_settings(cfg), shards=shards, rows=len(dataset), windows=windows,
-                    caption_channels=text_encoder.output_dim, text_tokens=text_encoder.model_max_length)
+                    caption_channels=text_encoder.output_dim, text_tokens=text_encoder.model_max_length,
+                    masked=cfg["text_encoder"]["type"] == "t5")
         data.write_atomic(os.path.join(cache_dir, "meta.json"), json.dumps(meta, indent=1))
 
     def clips(rows):  # in a DataLoader worker: [(i, row i's clips of epochs 0..W-1, or why it is bad)]
@@ -281,15 +283,16 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
             x = torch.stack([s["video"] for views in good for s in views]).to(device, dtype)  # (B*W, 3, T, H, W)
             mean, std = vae.posterior(x)  # (B*W, C, T, h, w) each
             text = text_encoder.encode([views[0]["text"] for views in good])
-            if "mask" not in text:
-                sys.exit(f"{cfg['text_encoder']['type']} captions are not cached (the cache stores T5's tokens and "
-                         "mask): train without cache_dir")
-            lengths = text["mask"].sum(1)
-            if not torch.equal(text["mask"].bool(), torch.arange(text["mask"].shape[1], device=lengths.device)
-                               < lengths[:, None]):
-                raise ValueError("the text encoder's mask is not a prefix of ones: the cache cannot drop padding")
-            y = torch.cat([y[0, :n] for y, n in zip(text["y"], lengths.tolist())])  # (kept tokens, C')
-            parts.append(dict(latents=mean.bfloat16().cpu(), std=std.bfloat16().cpu(), y=y.bfloat16().cpu(),
+            if "mask" in text:  # T5 tokens: the kept ones only
+                lengths = text["mask"].sum(1)
+                if not torch.equal(text["mask"].bool(), torch.arange(text["mask"].shape[1], device=lengths.device)
+                                   < lengths[:, None]):
+                    raise ValueError("the text encoder's mask is not a prefix of ones: the cache cannot drop padding")
+                y = torch.cat([y[0, :n] for y, n in zip(text["y"], lengths.tolist())])  # (kept tokens, C')
+            else:  # CLIP's one pooled vector (B, 1, 1, C') or class ids (B,): one row each
+                y, lengths = text["y"].flatten(1) if text["y"].ndim > 1 else text["y"], torch.ones(len(good), dtype=int)
+            parts.append(dict(latents=mean.bfloat16().cpu(), std=std.bfloat16().cpu(),
+                              y=(y.bfloat16() if y.is_floating_point() else y).cpu(),
                               lengths=lengths.cpu()))
         out = dict(index=torch.tensor(index, dtype=torch.int64))
         if parts:  # an all-bad shard holds only its index
@@ -401,7 +404,7 @@ def main(argv):
             raise BadInput("usage: [torchrun ...] prepare.py cache CONFIG.py [--key=value ...]")
         cfg = load_config(argv[1], argv[2:])
         validate(cfg, "cache")
-        data.ensure_shapes(cfg)
+        toy.ensure_shapes(cfg)
         rank, world, local = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
         build_cache(cfg, f"cuda:{local}" if torch.cuda.is_available() else "cpu", rank=rank, world_size=world)
         print(f"rank {rank}: its shards are written" if world > 1 else

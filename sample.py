@@ -29,7 +29,7 @@ from vae import build_vae
 
 
 def video_name(prompt, seed):
-    """A slug of the prompt (readable; data.caption_from_name reads it back) and a hash of all of it (unique: prompts
+    """A slug of the prompt (readable; toy.caption_from_name reads it back) and a hash of all of it (unique: prompts
     that differ only in case, punctuation or non-ASCII letters get different names)."""
     slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:80] or "video"
     return f"{slug}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}-seed{seed}"

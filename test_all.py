@@ -32,6 +32,7 @@ import model as M  # noqa: E402
 import parallel  # noqa: E402
 import prepare  # noqa: E402
 import text as TX  # noqa: E402
+import toy  # noqa: E402
 import vae as V  # noqa: E402
 from config import DEFAULTS, BadInput, load_config, one_line_errors, validate  # noqa: E402
 from data import read_video  # noqa: E402
@@ -1281,7 +1282,7 @@ def test_tiny_video_keeps_its_colour(tmp_path):
     frames[:, 3:5, 3:5, 2] = 255
     back = data.read_video(data.write_video(str(tmp_path / "tiny.mp4"), frames))
     assert back[:, 3:5, 3:5, 2].min() >= 200 and back[:, 3:5, 3:5, :2].max() <= 40
-    assert data.judge_clip(back, "a blue square moving up")["colour"] == "blue"
+    assert toy.judge_clip(back, "a blue square moving up")["colour"] == "blue"
 
 
 # ----------------------------------------------------------------------------- clips
@@ -1474,38 +1475,38 @@ def test_reliability_csv_is_read_strictly(tmp_path):
 
 # ----------------------------------------------------------------------------- the toy set and its judge
 def test_shapes_and_judge(tmp_path):
-    csv_path = data.make_shapes(str(tmp_path / "shapes"), 32, seed=1)
+    csv_path = toy.make_shapes(str(tmp_path / "shapes"), 32, seed=1)
     rows = data.read_csv(csv_path)
-    assert sorted(c for _, c in rows) == sorted(data.SHAPES_PROMPTS) and len(set(data.SHAPES_PROMPTS)) == 32
+    assert sorted(c for _, c in rows) == sorted(toy.SHAPES_PROMPTS) and len(set(toy.SHAPES_PROMPTS)) == 32
     assert all(re.fullmatch(r"a (red|green|blue|yellow) (circle|square) moving (left|right|up|down)", c)
                for _, c in rows)
     for path, caption in rows:
         frames = data.read_video(path)
         assert frames.shape == (16, 32, 32, 3)
-        r = data.judge_clip(frames, caption)
+        r = toy.judge_clip(frames, caption)
         assert r["colour_ok"] and r["direction_ok"], (path, caption, r)
-        assert not data.judge_clip(frames[::-1], caption)["direction_ok"]  # played backwards
-        assert not data.judge_clip(frames[..., [1, 2, 0]], caption)["colour_ok"]  # red->blue, green->red, ...
-        assert not data.judge_clip(np.zeros_like(frames), caption)["colour_ok"]  # nothing there
+        assert not toy.judge_clip(frames[::-1], caption)["direction_ok"]  # played backwards
+        assert not toy.judge_clip(frames[..., [1, 2, 0]], caption)["colour_ok"]  # red->blue, green->red, ...
+        assert not toy.judge_clip(np.zeros_like(frames), caption)["colour_ok"]  # nothing there
     video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # the float (3, T, H, W) form
-    assert data.judge_clip(video, caption)["colour_ok"]
-    assert data.judge_files(str(tmp_path / "shapes"))["both"] == 1.0
+    assert toy.judge_clip(video, caption)["colour_ok"]
+    assert toy.judge_files(str(tmp_path / "shapes"))["both"] == 1.0
     named = tmp_path / "named"
     data.write_video(str(named / "a_red_circle_moving_right-seed0.mp4"), frames, 8)  # it is not a red circle
-    assert data.caption_from_name("x/a_red_circle_moving_right-seed0.mp4") == "a red circle moving right"
-    expected = data.judge_clip(frames, "a red circle moving right")
-    acc = data.judge_files(str(named))
+    assert toy.caption_from_name("x/a_red_circle_moving_right-seed0.mp4") == "a red circle moving right"
+    expected = toy.judge_clip(frames, "a red circle moving right")
+    acc = toy.judge_files(str(named))
     assert acc["n"] == 1 and acc["both"] == float(expected["colour_ok"] and expected["direction_ok"])
 
 
 def test_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):
     # a config's data_path may name any CSV file, also one in the current folder (data_path="toy.csv")
-    path = data.make_shapes(str(tmp_path / "s"), 2, num_frames=4, size=8, csv_name="val.csv")
+    path = toy.make_shapes(str(tmp_path / "s"), 2, num_frames=4, size=8, csv_name="val.csv")
     assert path == str(tmp_path / "s" / "val.csv")
     assert sorted(os.listdir(tmp_path / "s")) == ["00000.mp4", "00001.mp4", "val.csv"]  # no train.csv
-    assert [c for _, c in data.read_csv(path)] == data.SHAPES_PROMPTS[:2]
+    assert [c for _, c in data.read_csv(path)] == toy.SHAPES_PROMPTS[:2]
     monkeypatch.chdir(tmp_path)
-    assert data.make_shapes("", 1, num_frames=4, size=8, csv_name="toy.csv") == "toy.csv"
+    assert toy.make_shapes("", 1, num_frames=4, size=8, csv_name="toy.csv") == "toy.csv"
     assert len(data.read_csv(str(tmp_path / "toy.csv"))) == 1
 
 
@@ -1517,7 +1518,7 @@ DATA_TINY_VAE = dict(type="VideoAutoencoderKL", from_pretrained=None,
 
 
 def cache_cfg(tmp_path, rows=7, **kw):
-    csv_path = data.make_shapes(str(tmp_path / "s"), rows, num_frames=8, size=16)
+    csv_path = toy.make_shapes(str(tmp_path / "s"), rows, num_frames=8, size=16)
     return dict(DEFAULTS, data_path=csv_path, num_frames=4, frame_interval=2, image_size=(16, 16), num_workers=0,
                 cache_dir=str(tmp_path / "cache"), batch_size=2, vae=DATA_TINY_VAE,
                 text_encoder=T5 | dict(model_max_length=32)) | kw  # the toy captions' 23-29 bytes, then padding
@@ -1575,6 +1576,30 @@ def test_cache_matches_online_and_resumes(tmp_path, monkeypatch, vae_cfg, window
         data.cache_complete(dict(cfg, image_size=(8, 8)))
     with pytest.raises(ValueError, match="cache_windows"):
         data.cache_complete(dict(cfg, cache_windows=windows + 1))
+
+
+@pytest.mark.parametrize("kind", ["clip", "classes"])
+def test_cache_pooled_captions_and_class_ids(tmp_path, kind):
+    """DiT/Latte's conditions cache too: one pooled CLIP vector (bf16) or the class id a row, no mask."""
+    from text import build_text_encoder
+    cfg = cache_cfg(tmp_path, rows=3, vae=dict(type="identity"))
+    encoder = dict(clip=dict(type="clip", from_pretrained=None, model_max_length=32, config=dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)),
+        classes=dict(type="classes", num_classes=5))[kind]
+    if kind == "classes":  # captions that are class ids
+        rows = list(csv.reader(open(cfg["data_path"])))
+        write_csv(tmp_path / "ids.csv", [[r[0], str(i)] for i, r in enumerate(rows)])
+        cfg["data_path"] = str(tmp_path / "ids.csv")
+    cfg["text_encoder"] = encoder
+    prepare.build_cache(cfg)
+    cached, te = data.build_dataset(cfg), build_text_encoder(encoder)
+    for i in range(3):
+        item, want = cached[i], te.encode([cached[i]["text"]])["y"][0]
+        assert "mask" not in item
+        if kind == "clip":
+            assert item["y"].shape == (1, 1, 16) and torch.equal(item["y"], want.bfloat16())
+        else:
+            assert item["y"].dtype == torch.int64 and item["y"].item() == want.item() == i
 
 
 def test_cache_bytes_and_compact_training_equals_fp32_cache(tmp_path):
@@ -2591,7 +2616,7 @@ def test_reliability_output_names_unique_and_never_overwritten(tmp_path):
                  ("A RED circle, moving right?", "a red circle moving right")]:
         assert sample.video_name(a, 42) != sample.video_name(b, 42)
     assert re.fullmatch(r"video-[0-9a-f]{8}-seed42", sample.video_name("\U0001f3ac", 42))
-    assert data.caption_from_name(sample.video_name("a red circle moving right", 3) + ".mp4") == \
+    assert toy.caption_from_name(sample.video_name("a red circle moving right", 3) + ".mp4") == \
         "a red circle moving right"  # the judge still reads the caption back
     cfg = load_config(str(ROOT / "configs/shapes.py"), ["--sample_scheduler.num_sampling_steps=2"])
     t5 = TX.build_text_encoder(dict(T5, model_max_length=32))

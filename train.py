@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 import data
+import toy
 import parallel
 import prepare
 from config import DTYPES, BadInput, load_config, one_line_errors, validate
@@ -44,7 +45,7 @@ if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN au
 
 # ----------------------------------------------------------------------------- data
 if ctx.is_main:
-    data.ensure_shapes(cfg)  # the demo makes its own toy data set on first use
+    toy.ensure_shapes(cfg)  # the demo makes its own toy data set on first use
 parallel.barrier()
 if cfg["cache_dir"] and not data.cache_complete(cfg):  # every rank encodes its share of the shards
     prepare.build_cache(cfg, device=device, rank=ctx.rank, world_size=ctx.world_size)

@@ -1,7 +1,7 @@
 # The CPU demo: coloured shapes crossing the frame on black, 4 frames of 8x8, pixel space (identity VAE), a tiny STDiT
 # and a tiny random T5 (ByT5 bytes). `python train.py configs/shapes.py` makes the data, trains, and samples.
 # `python sample.py --config configs/shapes.py "a red circle moving right"` samples from the trained run.
-# What the settings below buy (each measured with `python data.py judge` on 64 samples, README "Quick start"):
+# What the settings below buy (each measured with `python toy.py judge` on 64 samples, README "Quick start"):
 # at 16x16 with 4x4 patches and 8 frames a step costs 4x more and after 1500 steps (10 minutes) the samples were
 # noise (colour 47%, direction 23%); 8x8 frames get the colour right after 1500 steps.
 num_frames = 4

@@ -1,0 +1,137 @@
+"""The CPU demo's toy data: coloured shapes crossing the frame on black, with captions ("a red circle moving right"),
+and the judge that reads colour and direction back from generated clips (prompt adherence, measured).
+
+    python toy.py shapes data/shapes --num 512          # the toy set: mp4s + data/shapes/train.csv
+    python toy.py judge samples/shapes                  # colour / direction accuracy of toy clips
+"""
+import argparse
+import os
+import re
+import sys
+
+import numpy as np
+
+from config import BadInput
+from data import csv_text, read_csv, read_video, to_uint8, write_atomic, write_video
+
+def ensure_shapes(cfg):
+    """The demo's toy set is written on first use: cfg["make_shapes"] clips and the CSV that data_path names (into a
+    new folder or its own only: config.validate refuses a folder holding anything but SHAPES_FILE names)."""
+    if cfg["make_shapes"] and not os.path.exists(cfg["data_path"]):
+        folder, name = os.path.split(cfg["data_path"])
+        make_shapes(folder, cfg["make_shapes"], csv_name=name)
+
+
+
+COLOURS = dict(red=(255, 0, 0), green=(0, 255, 0), blue=(0, 0, 255), yellow=(255, 255, 0))
+SHAPES = ("circle", "square")
+DIRECTIONS = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))  # (dx, dy), y downwards
+SHAPES_PROMPTS = [f"a {c} {s} moving {d}" for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+SHAPES_FILE = re.compile(r"\d{5}\.mp4(\.tmp\d+\.mp4)?|.*\.csv\.tmp")  # what make_shapes writes (an interrupted one)
+
+
+def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
+    """uint8 (T, size, size, 3): one shape of radius (half side) size/8 on black, crossing the frame at constant speed
+    from one edge to the other, at a random place across its path (within the middle half of the frame). (With
+    random start and end points the CPU demo's directions stayed at chance after 10 minutes.)"""
+    r, (dx, dy) = size / 8, DIRECTIONS[direction]
+    along = np.linspace(r + 0.5, size - r - 0.5, num_frames)  # a positive direction's path, in frame
+    if dx + dy < 0:
+        along = size - along
+    across = np.full(num_frames, rng.uniform(size / 4, 3 * size / 4))
+    cx, cy = (along, across) if dx else (across, along)
+    p = np.arange(size) + 0.5  # pixel centres
+    ox, oy = p[None, None, :] - cx[:, None, None], p[None, :, None] - cy[:, None, None]  # (T, 1, W), (T, H, 1)
+    inside = ox ** 2 + oy ** 2 < r ** 2 if shape == "circle" else np.maximum(abs(ox), abs(oy)) < r  # (T, H, W)
+    return inside[..., None] * np.array(COLOURS[colour], dtype=np.uint8)
+
+
+def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8, csv_name="train.csv"):
+    """Write num toy clips (all 32 captions in turn, random positions and speeds) and out_dir/csv_name (absolute
+    paths, no header); return the CSV's path. For a config's data_path: out_dir = its folder, csv_name = its name."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(out_dir or ".", exist_ok=True)  # data_path="train.csv": the current folder
+    rows = []
+    for n in range(num):
+        caption = SHAPES_PROMPTS[n % len(SHAPES_PROMPTS)]
+        _, colour, shape, _, direction = caption.split()
+        path = os.path.abspath(os.path.join(out_dir, f"{n:05d}.mp4"))
+        write_video(path, shape_clip(colour, shape, direction, rng, num_frames, size), fps)
+        rows.append((path, caption))
+    return write_atomic(os.path.join(out_dir, csv_name), csv_text(rows))
+
+
+def judge_clip(frames, caption):
+    """Does a clip show the caption's colour and direction? frames: uint8 (T, H, W, 3) or float (3, T, H, W) in
+    [-1, 1]. Foreground: pixels whose brightest channel is >= 128 (the background is black). Colour: the pure
+    colour most foreground pixels are closest to (each pixel scaled to max 1). Direction: the dominant axis and sign
+    of the foreground centroid's move from the first to the last frame that has one (none under 1 pixel)."""
+    frames = to_uint8(frames).astype(np.float32) / 255
+    fg = frames.max(-1) >= 0.5  # (T, H, W)
+    colour = direction = None
+    if fg.any():
+        pixels = frames[fg] / frames[fg].max(-1, keepdims=True)  # (P, 3)
+        protos = np.array(list(COLOURS.values()), dtype=np.float32) / 255  # (4, 3)
+        votes = ((pixels[:, None] - protos[None]) ** 2).sum(-1).argmin(1)
+        colour = list(COLOURS)[np.bincount(votes, minlength=len(COLOURS)).argmax()]
+        ts = np.flatnonzero(fg.any((1, 2)))
+        ys, xs = np.nonzero(fg[ts[0]]); y1, x1 = np.nonzero(fg[ts[-1]])
+        dx, dy = x1.mean() - xs.mean(), y1.mean() - ys.mean()
+        if max(abs(dx), abs(dy)) >= 1:
+            direction = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
+    words = caption.lower().split()
+    return dict(colour_ok=colour in words, direction_ok=direction in words, colour=colour, direction=direction)
+
+
+def caption_from_name(path):
+    """sample.py's file names: a_red_circle_moving_right-seed0.mp4 -> "a red circle moving right"."""
+    return os.path.basename(path).rsplit(".", 1)[0].split("-")[0].replace("_", " ")
+
+
+def judge_files(target):
+    """Judge a CSV's rows, or a folder's mp4s (captions from its train.csv, else from the file names); print the
+    failures and the accuracies, return dict(colour=, direction=, both=, n=)."""
+    if target.endswith(".csv"):
+        pairs = read_csv(target)
+    else:
+        known = {}
+        if os.path.exists(os.path.join(target, "train.csv")):
+            known = {os.path.basename(p): c for p, c in read_csv(os.path.join(target, "train.csv"))}
+        names = sorted(n for n in os.listdir(target) if n.endswith(".mp4"))
+        pairs = [(os.path.join(target, n), known.get(n, caption_from_name(n))) for n in names]
+    pattern = re.compile(r"\b(%s)\b.*\bmoving (%s)\b" % ("|".join(COLOURS), "|".join(DIRECTIONS)))
+    pairs = [(p, c) for p, c in pairs if pattern.search(c.lower())]  # toy captions only
+    if not pairs:
+        raise BadInput(f"{target}: no clips with a toy caption ('a red circle moving right') to judge")
+    results = []
+    for path, caption in pairs:
+        r = judge_clip(read_video(path), caption)
+        results.append(r)
+        if not (r["colour_ok"] and r["direction_ok"]):
+            print(f"{path}: '{caption}' looks {r['colour']} moving {r['direction']}")
+    acc = {k: float(np.mean([r[k + "_ok"] for r in results])) for k in ("colour", "direction")}
+    acc["both"] = float(np.mean([r["colour_ok"] and r["direction_ok"] for r in results]))
+    print(f"{target}: colour {acc['colour']:.1%}  direction {acc['direction']:.1%}  both {acc['both']:.1%}  "
+          f"({len(results)} clips)")
+    return acc | dict(n=len(results))
+
+
+# ----------------------------------------------------------------------------- command line
+if __name__ == "__main__":
+    from config import one_line_errors
+    sys.excepthook = one_line_errors  # bad input: one line, exit code 2 (NANOSORA_DEBUG=1: the traceback)
+    parser = argparse.ArgumentParser(description="toy data and its judge")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("shapes", help="write the moving-shapes toy set")
+    p.add_argument("out_dir")
+    p.add_argument("--num", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=32)
+    p = sub.add_parser("judge", help="colour / direction accuracy of toy clips")
+    p.add_argument("target", help="a folder of mp4s or a CSV")
+    args = parser.parse_args()
+    if args.command == "shapes":
+        print(make_shapes(args.out_dir, args.num, args.seed, args.num_frames, args.size))
+    else:
+        judge_files(args.target)
