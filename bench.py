@@ -197,21 +197,10 @@ def train_row(args, row, vae, t5, device, dtype):
 
     def step():
         x, kwargs = encode(vae, t5, batch, dtype)
-        t = torch.randint(0, scheduler.num_timesteps, (B,), device=device)
-        return train_step(model, opt, scheduler, x, t, kwargs)
+        return parallel.train_step(model, opt, scheduler, x, kwargs, 1.0, 0.9999)[0]
 
     sp = args.ctx.sp_size  # an SP group of sp GPUs trains on B samples a step: B / sp per GPU
     return step, dict(per_call=B / sp, flops=flops(model, latent, 120, train=True), ntok=model_tokens(model, latent))
-
-
-def train_step(model, opt, scheduler, x, t, kwargs, noise=None):
-    """train.py's step: IDDPM loss, backward (gradients reduce-scattered on the way), ZeroAdamW update, EMA."""
-    loss = scheduler.training_losses(model, x, t, kwargs, noise=noise)["loss"].mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step(1.0)
-    opt.update_ema(0.9999)
-    return loss
 
 
 def loss_curve(args, device, dtype):
@@ -237,7 +226,7 @@ def loss_curve(args, device, dtype):
         t = torch.randint(0, scheduler.num_timesteps, (B,), generator=g)
         x0, noise, y, t = (v[lo:lo + b].to(device) for v in (x0, noise, y, t))
         kwargs = dict(y=y.to(dtype), mask=torch.ones(b, 120, dtype=torch.long, device=device))
-        loss = train_step(model, opt, scheduler, x0.to(dtype), t, kwargs, noise=noise.to(dtype))
+        loss = parallel.train_step(model, opt, scheduler, x0.to(dtype), kwargs, 1.0, 0.9999, t, noise.to(dtype))[0]
         losses.append(parallel.all_reduce_mean(loss))  # SP peers hold the same loss; equal local batches: the mean
         args.log(f"step {i + 1} loss {losses[-1]:.6f}", flush=True)
     if args.losses_out and ctx.is_main:

@@ -292,6 +292,22 @@ class ZeroAdamW:
         self.copy_master_to_params()
 
 
+def train_step(model, opt, scheduler, x, model_kwargs, grad_clip, ema_decay, t=None, noise=None):
+    """One training step, the one train.py runs and bench.py times: the IDDPM loss at random timesteps t (or the given
+    ones), backward (ZeRO-2: each gradient bucket reduce-scattered on the way), the clipped AdamW update of this rank's
+    shard, the weights all-gathered, then the EMA of the fp32 master shard unless the update was skipped (a non-finite
+    gradient norm, the same on every rank). Returns (loss, grad_norm)."""
+    if t is None:
+        t = torch.randint(0, scheduler.num_timesteps, (x.shape[0],), device=x.device)
+    loss = scheduler.training_losses(model, x, t, model_kwargs, noise=noise)["loss"].mean()
+    opt.zero_grad()
+    loss.backward()
+    grad_norm = opt.step(grad_clip)
+    if math.isfinite(grad_norm):
+        opt.update_ema(ema_decay)  # (v1.0 skips pos_embed, a buffer here anyway)
+    return loss, grad_norm
+
+
 def check_same_everywhere(tensors):
     """Ranks that start from different weights would silently train different models: fail at start-up instead."""
     if not dist.is_initialized():

@@ -174,11 +174,7 @@ while step < max_steps:
     dataset.set_epoch(epoch)  # temporal windows and flips are drawn from (seed, epoch, index)
     for batch in loader:
         x, model_kwargs = encode(batch)
-        t = torch.randint(0, scheduler.num_timesteps, (x.shape[0],), device=device)
-        loss = scheduler.training_losses(model, x, t, model_kwargs)["loss"].mean()
-        opt.zero_grad()
-        loss.backward()
-        grad_norm = opt.step(cfg["grad_clip"])  # ZeRO-2: reduce-scatter, clip, AdamW on the shard, all-gather
+        loss, grad_norm = parallel.train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"], cfg["ema_decay"])
         start += cfg["batch_size"]
         step += 1
         if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
@@ -189,7 +185,6 @@ while step < max_steps:
                          f"(lower lr, check the data, or --load the last good checkpoint)")
         else:
             bad_in_a_row = 0
-            opt.update_ema(cfg["ema_decay"])  # of the fp32 master shard (v1.0 skips pos_embed, a buffer here anyway)
         if step % cfg["log_every"] == 0 or step == max_steps:
             loss_avg = parallel.all_reduce_mean(loss.detach())
             if ctx.is_main:  # a plain loss curve next to the checkpoints
