@@ -43,6 +43,7 @@ T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, fe
               vocab_size=32128, relative_attention_num_buckets=32, layer_norm_epsilon=1e-6)  # t5-v1_1-xxl's
 CLIP_WIDTH = 512  # openai/clip-vit-base-patch32's pooled caption, what v1.0's DiT/Latte configs use
 TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
+TINY_MODEL = dict(depth=2, hidden_size=64, num_heads=4)
 TINY_T5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu")
 CAPTION = ("a drone shot of waves breaking on a rocky coast at sunset, seagulls flying over the water, the camera "
            "slowly moving along the cliffs")  # ByT5-style byte tokens: padded/truncated to L = 120 like T5's
@@ -63,6 +64,15 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
     **{f"{m[0].lower()}{n}": dict(kind="train", model=f"{m}-XL/2", frames=f, size=z, batch=b, online=False,
                                   ckpt=[0, 8, 14, 20, 28] if f < 64 else [10, 12, 14, 16, 20, 24, 28], steps=6 if f < 64 else 4)
        for m in ("DiT", "Latte", "PixArt") for n, f, z, b in (("256", 16, 256, 8), ("512", 16, 512, 2), ("64", 64, 512, 1))},
+    # sample.py end to end with v1.0's inference configs (T5-XXL in fp32, their sampler and dtype), one prompt: peak
+    # memory and seconds per stage; m512h runs T5 in bf16 (text_encoder.dtype='bf16'), m64v decodes 16 frames per VAE
+    # call (--vae.micro_batch_size=16); both in 10 steps (memory does not depend on the number of steps)
+    **{f"m{n}": dict(kind="memory", config=f"configs/opensora/inference/{c}.py") for n, c in
+       (("256", "16x256x256"), ("512", "16x512x512"), ("64", "64x512x512"))},
+    "m512h": dict(kind="memory", config="configs/opensora/inference/16x512x512.py", t5="bf16",
+                  overrides=["--scheduler.num_sampling_steps=10"]),
+    "m64v": dict(kind="memory", config="configs/opensora/inference/64x512x512.py", vae_micro=16,
+                 overrides=["--scheduler.num_sampling_steps=10"]),
     # and its image row: class-conditional DiT-XL/2 on 256x256 images, batch 128 (v1.0: 100 img/s/GPU on H800)
     "img": dict(kind="train", model="DiT-XL/2", condition="label_1000", frames=1, size=256, batch=128, ckpt=[0, 8, 28],
                 online=False, steps=8),
@@ -72,7 +82,8 @@ NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "c512": "
          "s256": "sample 16x256 dpm20+cfg", "s512": "sample 16x512 dpm20+cfg",
          "i256": "sample 16x256 iddpm100", "i512": "sample 16x512 iddpm100", "img": "DiT 1x256 images, classes",
          **{k: f"{r['model'][:-5]} {r['frames']}x{r['size']} cached" + " ckpt" * (r["frames"] == 64)
-            for k, r in ROWS.items() if "model" in r and k != "img"}}
+            for k, r in ROWS.items() if "model" in r and k != "img"},
+         **{k: f"sample.py {r['config'].split('/')[-1][:-3]}" for k, r in ROWS.items() if r["kind"] == "memory"}}
 
 
 # ----------------------------------------------------------------------------- FLOP count
@@ -148,7 +159,7 @@ def build(args, latent, device, dtype, train, fast, row=None):
     else:
         cfg, caption = dict(type=kind, condition=row.get("condition", "text")), CLIP_WIDTH
     if args.tiny:
-        cfg.update(depth=2, hidden_size=64, num_heads=4)
+        cfg.update(TINY_MODEL)
     torch.manual_seed(0)  # the same weights on every rank (ZeroAdamW checks)
     with on(device):
         m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=caption, model_max_length=120,
@@ -247,6 +258,45 @@ def sample_row(args, row, vae, t5, device, dtype):
 
     fwd = flops(model, latent, 120, train=False)
     return run, dict(per_call=1, flops=fwd * 2 * row["steps"], ntok=model_tokens(model, latent) * 2 * row["steps"])
+
+
+def memory_row(args, row, device):
+    """sample.generate's stages for one prompt under the row's v1.0 inference config (its sampler, steps, dtype and
+    VAE micro-batch unless the row sets them), random weights of the real sizes, T5-XXL at v1.0's fp32 (ROW.t5=bf16:
+    the lower-memory option) on the GPU -> the video's sidecar: seconds and peak GPU memory of each stage. Peaks are
+    torch's allocated bytes: a card also needs room for the CUDA context (~0.5 GiB) and the caching allocator."""
+    import json
+    import tempfile
+
+    import sample
+    from config import DTYPES, load_config, run_dtype
+    cfg = load_config(row["config"], ["--batch_size=1", *row.get("overrides", [])])
+    frames = cfg["vae"].get("micro_batch_size") if row.get("vae_micro") is None else row["vae_micro"]
+    dtype = run_dtype(cfg["dtype"], device)
+    with on(device):
+        vae = vaes.VideoAutoencoderKL(from_pretrained=None, config=TINY_VAE if args.tiny else SD_VAE, dtype=dtype,
+                                      device=device, micro_batch_size=frames)
+        t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
+                            device=device, dtype=DTYPES[row.get("t5", "fp32")])
+        model = stdit.build_model(cfg["model"] | dict(from_pretrained=None, **TINY_MODEL if args.tiny else {}),
+                                  input_size=vae.get_latent_size((cfg["num_frames"], *cfg["image_size"])),
+                                  in_channels=4, caption_channels=t5.output_dim, model_max_length=120, dtype=dtype)
+    model = model.to(device, dtype).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        if not args.plain and args.compile:  # as sample.py; a 2-step run first compiles the blocks (not timed)
+            model.compile_blocks()
+            sample.generate(dict(cfg, scheduler=dict(cfg["scheduler"], num_sampling_steps=2)), model, vae, t5,
+                            [CAPTION], [0], folder, device, dtype, progress=False)
+        path, = sample.generate(cfg, model, vae, t5, [CAPTION], [0], folder, device, dtype, free_text_encoder=True,
+                                progress=False)
+        with open(path.rsplit(".", 1)[0] + ".json") as f:
+            side = json.load(f)
+    stages = ("text_encoder", "diffusion", "vae")
+    peak = max(side[f"{s}_peak_gib"] or 0 for s in stages)
+    return (f"{NAMES[row['name']]:<30}{side['sampler']} {side['num_sampling_steps']:>3} {side['dtype']:<8}"
+            f"T5 {row.get('t5', 'fp32')} {frames or 'all':>3} frames/VAE call  " +
+            "  ".join(f"{s.split('_')[0]} {side[f'{s}_s']:6.1f} s {side[f'{s}_peak_gib'] or 0:5.1f} GiB" for s in stages)
+            + f"  peak {peak:5.1f} GiB")
 
 
 def model_tokens(model, latent):
@@ -358,8 +408,11 @@ def main():
     torch._dynamo.config.automatic_dynamic_shapes = False  # a new batch size is a new static graph, not a dynamic one
     if args.tiny:
         for row in ROWS.values():
-            row.update(size=64, frames=4, steps=2, batch=row.get("batch", 1) and 2) if row["kind"] == "train" else \
-                row.update(size=64, frames=4, steps=3, repeat=1)
+            if row["kind"] == "memory":
+                row["overrides"] = ["--num_frames=4", "--image_size=(64, 64)", "--scheduler.num_sampling_steps=2"]
+            else:
+                row.update(size=64, frames=4, steps=2, batch=row.get("batch", 1) and 2) if row["kind"] == "train" else \
+                    row.update(size=64, frames=4, steps=3, repeat=1)
     for item in args.set:
         key, value = item.split("=", 1)
         name, field = key.split(".")
@@ -380,9 +433,13 @@ def main():
         vae, t5 = build_encoders(args, device, dtype)
         log(f"encoders built in {time.perf_counter() - t0:.0f} s")
     log(f"{ctx.world_size} process(es): dp {ctx.dp_size} x sp {ctx.sp_size}; bf16 matmul ceiling {ceiling:.0f} TFLOP/s")
-    lines = []
+    lines, stages = [], []
     for name in names:
         row = ROWS[name]
+        if row["kind"] == "memory":  # sample.py's own stages, read from the sidecar of the video it wrote
+            stages.append(memory_row(args, dict(row, name=name), device))
+            log(stages[-1], flush=True)
+            continue
         train = row["kind"] == "train"
         cached = train and not row["online"]
         if cuda:
@@ -428,6 +485,9 @@ def main():
     per = " per GPU" if ctx.world_size > 1 else ""
     log(f"\n{'row':<26}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}{per}")
     log("\n".join(lines))
+    if stages:
+        log("\nsampling stages (sample.generate: T5, the diffusion model, the VAE; seconds and peak GPU memory)")
+        log("\n".join(stages))
     log(f"torch {torch.__version__}, {ctx.world_size} x {torch.cuda.get_device_name() if cuda else 'cpu'} (dp "
         f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path, bf16 ceiling {ceiling:.0f} "
         f"TFLOP/s, {time.strftime('%Y-%m-%d')}")

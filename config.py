@@ -44,6 +44,17 @@ DEFAULTS = dict(
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # a config's dtype (GPU; CPU: fp32)
 
 
+def run_dtype(name, device, log=print):
+    """The precision a run computes in: the config's `dtype` on a GPU, fp32 on the CPU. A GPU without bf16 (before
+    Ampere: V100, T4, 2080) runs bf16 configs in fp16, and says so."""
+    if device.type != "cuda":
+        return torch.float32
+    if DTYPES[name] == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] < 8:
+        log(f"{torch.cuda.get_device_name(device)} has no bf16: running in fp16 (dtype='fp16')")
+        return torch.float16
+    return DTYPES[name]
+
+
 class BadInput(ValueError):
     """A config value, a data file or a weights file that cannot work: the message is one line naming the key, file or
     line, the value and what to do."""
@@ -176,9 +187,9 @@ def validate(cfg, command, run_dir=None):
     need(type(size) in (tuple, list) and len(size) == 2 and all(type(n) is int and n >= 1 for n in size),
          "image_size", "give (height, width), two whole numbers >= 1")
     need(cfg["dtype"] in DTYPES, "dtype", f"give one of {', '.join(DTYPES)}")
-    need(cfg["plugin"] in ("zero2", "zero2-seq") and (cfg["plugin"] == "zero2") == (cfg["sp_size"] == 1), "plugin",
-         f"with sp_size={cfg['sp_size']}: use plugin='zero2' (ZeRO-2) with sp_size=1, or plugin='zero2-seq' (ZeRO-2 + "
-         "Ulysses sequence parallelism) with sp_size > 1")
+    need(command == "sample" or cfg["plugin"] in ("zero2", "zero2-seq") and (cfg["plugin"] == "zero2") ==
+         (cfg["sp_size"] == 1), "plugin", f"with sp_size={cfg['sp_size']}: use plugin='zero2' (ZeRO-2) with sp_size=1, "
+         "or plugin='zero2-seq' (ZeRO-2 + Ulysses sequence parallelism) with sp_size > 1")
     prompts = cfg["eval_prompts"]
     need(prompts is None or type(prompts) in (list, tuple) and all(isinstance(p, str) and p for p in prompts),
          "eval_prompts", "give a list of prompts, or None")
@@ -194,6 +205,9 @@ def validate(cfg, command, run_dir=None):
         kind = cfg[section]["type"]
         for key in cfg[section]:
             need(key in keywords(section, kind), f"{section}.{key}", f"not a keyword of {section} type {kind!r}")
+    need(cfg["text_encoder"].get("dtype", "fp32") in ("fp32", "bf16") + ("fp16",) * (cfg["text_encoder"]["type"] != "t5"),
+         "text_encoder.dtype", "give 'fp32' (v1.0's), or 'bf16' (half the memory)" +
+         " (T5 v1.1 overflows in fp16)" * (cfg["text_encoder"].get("dtype") == "fp16"))
     for section, cls in (("vae", vae.VAES), ("text_encoder", text.TEXT_ENCODERS)):  # v1.0's ./pretrained_models/..
         name, default = cfg[section].get("from_pretrained"), inspect.signature(cls[cfg[section]["type"]]).parameters
         looks_local = isinstance(name, str) and (name.startswith((".", "/", "~")) or name.count("/") > 1)
@@ -223,6 +237,16 @@ def validate(cfg, command, run_dir=None):
     for key, n, k in zip(("num_frames", "image_size", "image_size"), (cfg["num_frames"], *size), step):
         need(n % k == 0, key, f"(T, H, W) must divide by the VAE's down-sampling {tuple(down)} times the model's "
              f"patch_size {tuple(patch)}: pick multiples of {step}")
+    sp = cfg["sp_size"]  # Ulysses (parallel.enable_sequence_parallel): STDiT's heads, and its frames or spatial tokens
+    if sp > 1:
+        need(getattr(cls, "temporal", False), "sp_size", f"sequence parallelism is for STDiT, not model.type="
+             f"{cfg['model']['type']!r}: use sp_size=1 (the processes of torchrun then split prompts or batches)")
+        heads = cfg["model"].get("num_heads") or sizes.get("num_heads") or \
+            inspect.signature(cls).parameters["num_heads"].default
+        need(heads % sp == 0, "sp_size", f"the model's {heads} attention heads must divide by it")
+        T, H, W = (n // k for n, k in zip((cfg["num_frames"], *size), step))  # tokens
+        need(T % sp == 0 or H * W % sp == 0, "sp_size", f"the {T} frame tokens or the {H * W} spatial tokens of "
+             f"({cfg['num_frames']}, *{size}) must divide by it")
 
     # files to read, folders to write
     if command in ("train", "cache"):

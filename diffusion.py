@@ -187,34 +187,49 @@ class IDDPM:
 
     @torch.no_grad()
     def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, model_kwargs=None, device=None,
-                      progress=True):
-        """Ancestral sampling from x_T = noise (or a fresh randn) down to x_0; returns x_0 of `shape`."""
+                      progress=True, generators=None):
+        """Ancestral sampling from x_T = noise (or a fresh randn) down to x_0; returns x_0 of `shape`. generators:
+        the step noise of each prompt from its own (randn below)."""
         if device is None:
             device = noise.device if noise is not None else "cpu"
-        x = noise if noise is not None else torch.randn(*shape, device=device)
+        x = noise if noise is not None else randn(shape, device, generators)
         for i in tqdm(range(self.num_timesteps)[::-1], disable=not progress):
             t = torch.tensor([i] * shape[0], device=device)  # (B,) int64
             p = self.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
             # Quirk kept: exactly one randn per step from the global generator, also at i = 0 where it is unused,
             # so a seed reproduces the original's samples (iddpm_ref.pt `sample`).
-            step_noise = torch.randn_like(x)
+            step_noise = randn(x.shape, x.device, generators)
             nonzero = (t != 0).float().view(-1, *[1] * (x.ndim - 1))
             x = p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * step_noise
         return x
 
-    def sample(self, model, text_encoder, z_size, prompts, device, additional_args=None, progress=True):
-        """Text-to-video latents (n, C, T, H, W) with classifier-free guidance at self.cfg_scale."""
+    def sample(self, model, text_encoder, z_size, prompts, device, additional_args=None, progress=True,
+               generators=None, encoded=None):
+        """Text-to-video latents (n, C, T, H, W) with classifier-free guidance at self.cfg_scale. encoded: the text
+        encoder's output for `prompts` if already computed (sample.py encodes first, then frees T5); generators: one
+        per prompt (randn below), else the global generator as v1.0."""
         n = len(prompts)
-        z = torch.randn(n, *z_size, device=device)  # the first draw after the caller's seed
+        z = randn((n, *z_size), device, generators)  # the first draw after the caller's seed
         z = torch.cat([z, z], 0)  # (2n, ...): cond rows, then uncond rows
-        model_args = text_encoder.encode(prompts)  # dict(y=(n, 1, L, C), mask=(n, L))
+        model_args = dict(encoded or text_encoder.encode(prompts))  # dict(y=(n, 1, L, C), mask=(n, L))
         model_args["y"] = torch.cat([model_args["y"], text_encoder.null(n)], 0)  # cond FIRST (DPM-Solver: uncond first)
         # The mask stays n rows: the model tiles it, so the null caption is masked with the prompt's mask too.
         model_args.update(additional_args or {})
         forward = partial(forward_with_cfg, model, cfg_scale=self.cfg_scale)
         samples = self.p_sample_loop(forward, z.shape, z, clip_denoised=False, model_kwargs=model_args,
-                                     device=device, progress=progress)
+                                     device=device, progress=progress, generators=generators)
         return samples[:n]
+
+
+def randn(shape, device, generators=None):
+    """Gaussian noise of `shape`. generators=None: the global generator, as v1.0 (one draw for the whole batch, so a
+    video depends on its neighbours). Else one generator per prompt: the n prompts' rows i, n + i, .. (the guidance
+    copies) come from generators[i] alone, so each video is the one its prompt and seed give in a batch of one."""
+    if generators is None:
+        return torch.randn(shape, device=device)
+    n = len(generators)
+    rows = [torch.randn((shape[0] // n, *shape[1:]), generator=g, device=device) for g in generators]
+    return torch.stack(rows, 1).reshape(shape)  # (copies, n, ...) -> row c * n + i
 
 
 def forward_with_cfg(model, x, timestep, y, cfg_scale, **kwargs):
@@ -314,10 +329,11 @@ class DPMSolver:
         self.num_sampling_steps = 20 if num_sampling_steps is None else num_sampling_steps
         self.cfg_scale = cfg_scale
 
-    def sample(self, model, text_encoder, z_size, prompts, device, additional_args=None, progress=True):
+    def sample(self, model, text_encoder, z_size, prompts, device, additional_args=None, progress=True,
+               generators=None, encoded=None):  # as IDDPM.sample
         n = len(prompts)
-        z = torch.randn(n, *z_size, device=device)  # the first draw after the caller's seed
-        model_args = text_encoder.encode(prompts)  # dict(y=(n, 1, L, C), mask=(n, L)); the model tiles the mask
+        z = randn((n, *z_size), device, generators)  # the first draw after the caller's seed
+        model_args = dict(encoded or text_encoder.encode(prompts))  # y=(n, 1, L, C), mask=(n, L): the model tiles it
         y = model_args.pop("y")
         model_args.update(additional_args or {})
 

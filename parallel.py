@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from config import BadInput
+
 # torch 2.13 renamed these two (the old names warn); requirements allow torch >= 2.1, which only has the old ones
 reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -32,13 +34,13 @@ def setup(sp_size=1):
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:  # a plain `python train.py`: one process, no process group, collectives skipped
         if sp_size != 1:
-            raise ValueError(f"sp_size={sp_size} needs several processes: launch with torchrun --nproc_per_node N, "
-                             f"N a multiple of {sp_size}")
+            raise BadInput(f"sp_size={sp_size} needs several processes: launch with torchrun --nproc_per_node N, "
+                           f"N a multiple of {sp_size}")
         return SimpleNamespace(rank=0, world_size=1, local_rank=0, device=torch.device("cuda" if cuda else "cpu"),
                                is_main=True, dp_group=None, dp_rank=0, dp_size=1, sp_group=None, sp_rank=0, sp_size=1)
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if sp_size < 1 or world % sp_size:
-        raise ValueError(f"world size {world} (torchrun processes) is not divisible by sp_size {sp_size}")
+        raise BadInput(f"sp_size={sp_size}: the {world} processes of torchrun must divide by it (--nproc_per_node)")
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)

@@ -1193,10 +1193,26 @@ def test_random_encoders_equal_across_processes(tiny_t5, tiny_vae):
 def test_t5_dtype_argument():
     enc = TX.build_text_encoder(TINY_T5, dtype=torch.bfloat16)
     assert enc.encode(CAPTIONS[:1])["y"].dtype == torch.bfloat16
+    # v1.0's inference runs T5 in fp32 (sample.py passes no dtype); text_encoder.dtype='bf16' halves its memory
+    assert TX.build_text_encoder(TINY_T5).encode(CAPTIONS[:1])["y"].dtype == torch.float32
+    assert TX.build_text_encoder(TINY_T5 | dict(dtype="bf16"), dtype=torch.float32).model.dtype == torch.bfloat16
+    cfg = load_config(str(ROOT / "configs/opensora/inference/16x256x256.py"), ["--text_encoder.dtype=fp16", "--ckpt=x"])
+    with pytest.raises(BadInput, match="text_encoder.dtype='fp16': .*overflows in fp16"):
+        validate(cfg, "sample")
+
+
+def test_run_dtype_fp16_without_bf16(monkeypatch):
+    import config
+    said = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    assert config.run_dtype("bf16", torch.device("cuda"), said.append) == torch.float16 and "no bf16" in said[0]
+    assert config.run_dtype("fp32", torch.device("cuda"), said.append) == torch.float32 and len(said) == 1
+    assert config.run_dtype("bf16", torch.device("cpu")) == torch.float32
 
 
 def test_t5_runs_fp16_as_bf16():
-    # T5 v1.1 overflows fp16; v1.0 runs it in bf16 whatever the model's dtype (the fp16 sampling configs)
+    # T5 v1.1 overflows fp16: a run dtype of fp16 handed down (train.py, prepare.py) gives a bf16 T5
     assert TX.t5_dtype(torch.float16) == torch.bfloat16
     assert TX.t5_dtype(torch.float32) == torch.float32 and TX.t5_dtype(torch.bfloat16) == torch.bfloat16
     enc = TX.build_text_encoder(TINY_T5, dtype=torch.float16)
@@ -1226,6 +1242,28 @@ def test_t5_null_embedding(tiny_t5):
 ])
 def test_clean_caption_like_v1(caption, cleaned):
     assert TX.clean_caption(caption) == cleaned
+
+
+HARD_CAPTIONS = [  # v1.0's cleaning (ftfy 6.3.1, beautifulsoup4 4.15) of captions where a hand-written one slips
+    ("R&D team at AT&T", "r d team at att"),  # '&T' at the end: the HTML parser drops the bare '&'
+    ("Tom &amp; Jerry &lt;3", "tom jerry <3"),
+    ("<p>a <b>bold</b> move</p><script>var x=1</script>", "a bold move"),
+    ("\ufb01ne \ufb02owers in a \ufb01eld", "fine flowers in a field"),
+    ("\u201cSmart\u201d quotes \u2018here\u2019", "smart\" quotes 'here"),
+    ("\uff26\uff55\uff4c\uff4c \uff57\uff49\uff44\uff54\uff48", "full width"),
+    ("price \x80 5 \x96 cheap", "price \u20ac 5 - cheap"),
+    ("&#65;&#x42; c &copy; d &t; e &", "ab c d t e"),
+    ("a <![CDATA[raw]]> b", "a raw b"),
+    ("tab\there\x07bell", "tab herebell"),
+]
+
+
+@pytest.mark.parametrize("caption, cleaned", HARD_CAPTIONS)
+def test_clean_caption_hard_cases_with_and_without_the_libraries(caption, cleaned, monkeypatch):
+    assert TX.clean_caption(caption) == cleaned  # with ftfy and bs4 when installed, else by hand
+    monkeypatch.setattr(TX, "ftfy", None)
+    monkeypatch.setattr(TX, "BeautifulSoup", None)
+    assert TX.clean_caption(caption) == cleaned  # by hand
 
 
 def test_t5_cleans_before_tokenizing(tiny_t5):
@@ -1897,12 +1935,12 @@ def test_setup_single_process_and_bad_world(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     ctx = parallel.setup(1)
     assert (ctx.world_size, ctx.dp_size, ctx.sp_size, ctx.is_main, ctx.dp_group) == (1, 1, 1, True, None)
-    with pytest.raises(ValueError, match="sp_size=2 needs several processes"):
+    with pytest.raises(BadInput, match="sp_size=2 needs several processes"):
         parallel.setup(2)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    with pytest.raises(ValueError, match="world size 3 .* not divisible by sp_size 2"):
+    with pytest.raises(BadInput, match="sp_size=2: the 3 processes of torchrun must divide by it"):
         parallel.setup(2)
 
 
@@ -2321,7 +2359,8 @@ def test_every_config_trains_and_samples_at_toy_size(name, tmp_path, monkeypatch
     sample.main()
     ext = ".png" if small["num_frames"] == 1 else ".mp4"
     written = sorted(os.listdir(tmp_path / "samples"))
-    assert written == sorted(sample.video_name(p, small["seed"]) + ext for p in prompts), written
+    written = [f for f in written if not f.endswith(".json")]  # (the sidecars: test_sample_sidecar_..)
+    assert written == sorted(sample.video_name(p, small["seed"] + k) + ext for k, p in enumerate(prompts)), written
     frames = read_video(str(tmp_path / "samples" / written[0]))
     assert frames.shape == (small["num_frames"], *small["image_size"], 3)
 
@@ -2545,7 +2584,7 @@ def test_sample_writes_mp4(tiny_run):
                                                                     "a blue square moving up")}
     assert [os.path.basename(p) for p in paths] == [  # the slug, a hash of the whole prompt, the seed
         f"a_red_circle_moving_right-{digest['a red circle moving right']}-seed42.mp4",
-        f"a_blue_square_moving_up-{digest['a blue square moving up']}-seed42.mp4"]
+        f"a_blue_square_moving_up-{digest['a blue square moving up']}-seed43.mp4"]  # the k-th prompt: seed + k
     cfg = load_config(str(ROOT / "configs/shapes.py"))
     frames = read_video(paths[0])
     assert frames.shape == (cfg["num_frames"], *cfg["image_size"], 3) and frames.dtype == np.uint8
@@ -2624,15 +2663,15 @@ def test_reliability_output_names_unique_and_never_overwritten(tmp_path):
                         caption_channels=32, model_max_length=32).eval()
 
     def generate(**kwargs):
-        return sample.generate(cfg, model, V.build_vae(cfg["vae"]), t5, ["a red circle"] * 2, str(tmp_path), 42,
+        return sample.generate(cfg, model, V.build_vae(cfg["vae"]), t5, ["a red circle"] * 2, [42, 42], str(tmp_path),
                                torch.device("cpu"), torch.float32, progress=False, **kwargs)
     first = generate()
-    assert len(set(first)) == 2  # the same prompt twice: two files
+    assert len(set(first)) == 2  # the same prompt and seed twice: two files
     stamps = {p: os.stat(p).st_mtime_ns for p in first}
     second = generate()  # a later run keeps the earlier videos
-    assert set(second).isdisjoint(first) and len(os.listdir(tmp_path)) == 4
+    assert set(second).isdisjoint(first) and len(os.listdir(tmp_path)) == 8  # (each with its sidecar)
     assert all(os.stat(p).st_mtime_ns == t for p, t in stamps.items())
-    assert generate(overwrite=True) == first and len(os.listdir(tmp_path)) == 4  # asked: replaced
+    assert generate(overwrite=True) == first and len(os.listdir(tmp_path)) == 8  # asked: replaced
 
 
 def test_reliability_sample_prompts_starting_with_dash(tmp_path, monkeypatch):
@@ -2642,13 +2681,132 @@ def test_reliability_sample_prompts_starting_with_dash(tmp_path, monkeypatch):
     monkeypatch.undo()  # the real encoders: identity VAE, tiny T5
     (tmp_path / "step0000001.pt").write_bytes(b"")  # (read by the stub below)
     prompts = []
-    monkeypatch.setattr(sample, "newest_that_loads", lambda path, read: (path, {}))
+    monkeypatch.setattr(sample, "newest_that_loads", lambda path, read: (f"{path}/step0000001.pt", {}))
     monkeypatch.setattr(sample, "load_weights", lambda model, sd, path: None)
     monkeypatch.setattr(sample, "generate", lambda cfg, model, vae, t5, batch, *a, **k: prompts.extend(batch) or [])
     monkeypatch.setattr(sys, "argv", ["sample.py", "--config", str(ROOT / "configs/shapes.py"), "--ckpt", str(tmp_path),
                                       "a", "--model.depth=1", "--", "-glitchy", "--seed=3"])
     sample.main()
     assert prompts == ["a", "-glitchy", "--seed=3"]  # after '--' everything is a prompt
+
+
+def sample_main_until_generate(monkeypatch, tmp_path):
+    """-> run(*argv): sample.main() with the shapes config's real (tiny) encoders and model, stub weights, and
+    generate() replaced by a recorder of what it was given."""
+    import sample
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    seen = {}
+    monkeypatch.setattr(sample, "newest_that_loads", lambda path, read: (str(tmp_path / "w.pt"), {}))
+    monkeypatch.setattr(sample, "load_weights", lambda model, sd, path: None)
+    monkeypatch.setattr(sample, "generate", lambda cfg, model, vae, t5, prompts, seeds, save_dir, *a, **k:
+                        seen.update(cfg=cfg, prompts=prompts, seeds=seeds, save_dir=save_dir) or [])
+
+    def run(*argv):
+        seen.clear()
+        monkeypatch.setattr(sys, "argv", ["sample.py", *argv])
+        sample.main()
+        return seen
+    return run
+
+
+def test_sample_command_lines_as_v1_users_type_them(tmp_path, monkeypatch):
+    run, shapes = sample_main_until_generate(monkeypatch, tmp_path), str(ROOT / "configs/shapes.py")
+    (tmp_path / "p.txt").write_text("from the file\n\nand another\n")
+    # v1.0's form: the config first, its hyphenated flags with a space; an override with a space in its value
+    seen = run(shapes, "a prompt", "--ckpt-path", str(tmp_path / "w.pt"), "--prompt-path", str(tmp_path / "p.txt"),
+               "--batch-size", "3", "--save-dir", str(tmp_path / "out"), "--seed", "5", "--cfg-scale", "2.5",
+               "--num-sampling-steps", "7", "--image_size=(16, 16)", "--model.depth=1")
+    cfg = seen["cfg"]
+    assert seen["prompts"] == ["a prompt", "from the file", "and another"] and seen["seeds"] == [5, 6, 7]
+    assert (cfg["ckpt"], cfg["batch_size"], seen["save_dir"]) == (str(tmp_path / "w.pt"), 3, str(tmp_path / "out"))
+    assert cfg["image_size"] == (16, 16) and cfg["model"]["depth"] == 1
+    assert (cfg["sample_scheduler"]["cfg_scale"], cfg["sample_scheduler"]["num_sampling_steps"]) == (2.5, 7)
+    # --prompt= is the prompt, not an abbreviation of --prompt_path; the config's prompts are not added to it
+    seen = run("--config", shapes, "--prompt=a red fox", "--ckpt", str(tmp_path / "w.pt"), "--seed=0")
+    assert seen["prompts"] == ["a red fox"] and seen["seeds"] == [0]
+    seen = run(shapes, "--ckpt", str(tmp_path / "w.pt"), "--prompt", "a", "--prompt", "b", "c")
+    assert seen["prompts"] == ["c", "a", "b"] and seen["seeds"] == [42, 43, 44]
+    for argv, message in [((shapes, "--prompt_pat", "x"), "'--prompt_pat' is not a flag of sample.py"),
+                          ((shapes, "--prompt_pat=x"), "prompt_pat"),
+                          ((shapes, "--config", shapes, "a"), "two configs"),
+                          ((shapes, "a", "--ckpt", str(tmp_path / "w.pt"), "--prompt-path", str(tmp_path / "none.txt")),
+                           "none.txt: no such file")]:
+        with pytest.raises(BadInput, match=message):
+            run(*argv)
+
+
+def test_sample_placeholders_one_line_and_no_folder(tmp_path, monkeypatch):
+    """v1.0's placeholder values: one line naming the key, before any encoder loads, and nothing created."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.pt").write_bytes(b"")  # weights that are not read: the problem is found first
+    for args, key in [(("--model.from_pretrained=PRETRAINED_MODEL",), "model.from_pretrained"),
+                      (("--ckpt=x.pt", "--text_encoder.from_pretrained=./pretrained_models/t5_ckpts"),
+                       "text_encoder.from_pretrained"),
+                      (("--ckpt=x.pt", "--sp_size=2"), "sp_size")]:
+        message = run_sample_main(monkeypatch, "opensora/inference/16x256x256", "--save_dir=out", *args)
+        assert key in message, message
+        assert os.listdir(tmp_path) == ["x.pt"]
+
+
+@pytest.mark.parametrize("sampler", ["iddpm", "dpm-solver"])
+def test_sample_video_independent_of_its_batch(sampler):
+    """Each prompt draws its noise from its own generator: its latents alone equal those beside other prompts, and a
+    batch of one equals v1.0's global-generator sampling from the same seed (bit for bit)."""
+    import diffusion as D
+    t5 = TX.build_text_encoder(dict(T5, model_max_length=32))
+    torch.manual_seed(0)
+    model = randomized(build_model(dict(type="STDiT", depth=1, hidden_size=32, num_heads=2, patch_size=(1, 2, 2)),
+                                   input_size=(2, 4, 4), in_channels=4, caption_channels=32, model_max_length=32)).eval()
+    t5.y_embedder = model.y_embedder
+    scheduler = D.build_scheduler(dict(type=sampler, num_sampling_steps=4))
+
+    def run(prompts, seeds):
+        gens = [torch.Generator().manual_seed(s) for s in seeds] if seeds else None
+        return scheduler.sample(model, t5, (4, 2, 4, 4), prompts, "cpu", progress=False, generators=gens)
+    alone = run(["a red circle"], [3])
+    beside = run(["a blue square", "a red circle", "x"], [7, 3, 9])
+    assert rel_err(beside[1], alone[0]) < 1e-5 and rel_err(beside[0], alone[0]) > 0.1
+    torch.manual_seed(3)
+    assert torch.equal(run(["a red circle"], None), alone)
+
+
+def test_sample_torchrun_splits_prompts_sp_and_sidecar_reproduce(tiny_run):
+    """torchrun: 2 processes split 3 prompts (each written once), and --sp_size 2 samples each over both (Ulysses);
+    the videos equal the one-process ones. The sidecar names everything, and --from_json makes the video again."""
+    tmp = tiny_run
+    prompts = ["a red circle moving right", "a blue square moving up", "a green circle moving left"]
+    args = [str(ROOT / "sample.py"), str(ROOT / "configs/shapes.py"), "--ckpt", f"{tmp}/a/shapes", *prompts,
+            "--batch_size=2", "--model.depth=1", "--model.hidden_size=32", "--sample_scheduler.num_sampling_steps=3",
+            "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    outs = {}
+    for name, launch, extra in [("one", [sys.executable], []), ("dp", torchrun + [str(free_port())], []),
+                                ("sp", torchrun + [str(free_port())], ["--sp_size", "2"])]:
+        out = subprocess.run(launch + args + extra + ["--save_dir", f"{tmp}/{name}"], cwd=tmp, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        outs[name] = sorted(line for line in out.stdout.split() if line.endswith(".mp4"))
+        assert len(outs[name]) == 3 and sorted(os.listdir(tmp / name)) == sorted(
+            [os.path.basename(p) for p in outs[name]] + [os.path.basename(p)[:-4] + ".json" for p in outs[name]])
+    one = {os.path.basename(p): data.read_video(p).astype(int) for p in outs["one"]}
+    for name in ("dp", "sp"):
+        for p in outs[name]:
+            diff = np.abs(data.read_video(p).astype(int) - one[os.path.basename(p)]).max()
+            assert diff <= 1, (name, p, diff)  # measured: 0 (a batch of 1 or 2, Ulysses: the same uint8 frames)
+    blue = next(p for p in outs["one"] if "a_blue_square" in p)
+    side = json.load(open(blue[:-4] + ".json"))
+    weights = tmp / "a/shapes/step0000006.pt"  # the newest
+    assert (side["prompt"], side["seed"], side["sampler"], side["num_sampling_steps"]) == (prompts[1], 43,
+                                                                                           "dpm-solver", 3)
+    assert side["weights"]["sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    assert side["config"]["model"]["depth"] == 1 and set(side["versions"]) >= {"python", "torch", "av"}
+    assert side["num_frames"] == 4 and side["image_size"] == [8, 8] and side["diffusion_s"] > 0
+    out = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--from_json", blue[:-4] + ".json",
+                          "--save_dir", f"{tmp}/again"], cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = out.stdout.split()[-1]
+    assert os.path.basename(again) == os.path.basename(blue)
+    assert np.abs(data.read_video(again).astype(int) - one[os.path.basename(again)]).max() <= 1  # measured: 0
 
 
 def test_reliability_entry_points_print_one_line(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,7 @@ DeepFloyd IF / PixArt did (clean_caption below): the released checkpoints saw on
 from_pretrained=None builds a tiny random T5 over bytes (ByT5's tokenizer needs no files) for tests and the CPU demo.
 """
 import html
+import html.entities
 import os
 import re
 import unicodedata
@@ -21,14 +22,22 @@ from html.parser import HTMLParser
 
 import torch
 
+from config import DTYPES
+
+try:  # v1.0's caption cleaning libraries, optional (caption cleaning below)
+    import ftfy
+    from bs4 import BeautifulSoup
+except ImportError:
+    ftfy = BeautifulSoup = None
+
 # ----------------------------------------------------------------------------- caption cleaning
 # v1.0's T5 path always cleans (use_text_preprocessing is never turned off) and cleans TWICE: a second pass catches
 # what the first one exposes. The rules, in v1.0's order, are behaviour, so they are kept as they are, quirks
 # included: '+' becomes a space (URL unquoting), "www:" (not "www.") in the second URL rule, any "download" or
 # "shipping" is dropped. Dims, ids and names like "jc6640" go too, and every caption is lower-cased.
-# v1.0 calls two libraries we do without: BeautifulSoup(..., "html.parser").text is the text of python's own HTML
-# parser (html_text), and ftfy.fix_text is reduced to what it does to already-decoded text (fix_unicode); its
-# mojibake repair ("cafÃ©" -> "café") is not reproduced: such captions get different tokens than in v1.0.
+# v1.0 calls BeautifulSoup(..., "html.parser").text and ftfy.fix_text. We call them too when both are installed
+# (optional: `pip install ftfy beautifulsoup4`); without them html_text and fix_unicode below do the same by hand,
+# equal on v1.0's outputs for hard cases and on random captions (tests), ftfy's mojibake repair aside.
 
 def rules(*pairs):
     return [(re.compile(pattern), repl) for pattern, repl in pairs]
@@ -70,16 +79,39 @@ AFTER_FIX = rules(
 
 
 class TextOfHTML(HTMLParser):
+    """What BeautifulSoup(text, "html.parser").text returns, without bs4: python's parser with entities left to us,
+    resolved as bs4 resolves them. Its quirks are the parser's own: an unknown "&t;" loses its ';', and an '&' that
+    ends the text goes ("AT&T" -> "att"); the text of script, style and template elements is dropped."""
     def __init__(self):
-        super().__init__(convert_charrefs=True)  # entities decoded, as BeautifulSoup does
-        self.parts = []
+        super().__init__(convert_charrefs=False)
+        self.parts, self.hidden = [], 0
 
     def handle_data(self, data):
-        self.parts.append(data)
+        self.parts += [data] * (not self.hidden)
+
+    def handle_starttag(self, tag, attrs):
+        self.hidden += tag in HIDDEN
+
+    def handle_endtag(self, tag):
+        self.hidden = max(0, self.hidden - (tag in HIDDEN))
+
+    def handle_entityref(self, name):  # "&lt" or "&lt;": a known entity is its character, the rest stays as written
+        self.handle_data(html.entities.html5.get(name + ";", "&" + name))
+
+    def handle_charref(self, name):  # "&#65;", "&#x41": HTML5's rules (cp1252 for 128-159); control characters kept
+        self.handle_data(html.unescape(f"&#{name};") or chr(int(name[1:], 16) if name[0] in "xX" else int(name)))
+
+    def unknown_decl(self, data):  # <![CDATA[text]]> (an empty one is a space to bs4)
+        self.handle_data((data[6:] or " ") if data.upper().startswith("CDATA[") else "")
+
+
+HIDDEN = ("script", "style", "template")  # bs4's .text leaves out what these hold
 
 
 def html_text(text):
     """Text content of an HTML fragment: tags dropped, entities decoded ("<b>big</b> &amp; red" -> "big & red")."""
+    if BeautifulSoup is not None:
+        return BeautifulSoup(text, features="html.parser").text
     parser = TextOfHTML()
     parser.feed(text)
     parser.close()
@@ -87,13 +119,20 @@ def html_text(text):
 
 
 CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f\u206a-\u206f\ufeff\ufff9-\ufffc]")
+C1 = re.compile("[\x80-\x9f]")  # C1 control characters, most likely Windows-1252 bytes decoded as Latin-1
+LIGATURES = {c: unicodedata.normalize("NFKC", c) for c in "ĲĳŉǄǅǆǇǈǉǊǋǌǱǲǳﬀﬁﬂﬃﬄﬆ"} | {"ﬅ": "ſt"}  # not æ, œ
 
 
 def fix_unicode(text):
-    """ftfy.fix_text's effect on correctly decoded text: Latin ligatures and full-width forms to plain letters,
-    curly quotes to straight ones, control characters removed, NFC."""
-    text = "".join(unicodedata.normalize("NFKC", c) if "\ufb00" <= c <= "\ufb06" or "\uff01" <= c <= "\uffee"
-                   or c == "\u3000" else c for c in text)
+    """ftfy.fix_text(text) when ftfy is installed; else what it does to correctly decoded text: C1 controls read as
+    Windows-1252, Latin ligatures and full-width forms to plain letters, curly quotes to straight ones, control
+    characters removed, NFC. Its mojibake repair ("cafÃ©" -> "café") is not reproduced (such captions get other
+    tokens than in v1.0)."""
+    if ftfy is not None:
+        return ftfy.fix_text(text)
+    text = C1.sub(lambda m: m[0].encode("latin-1").decode("cp1252", "ignore") or m[0], text)
+    text = "".join(LIGATURES.get(c) or (unicodedata.normalize("NFKC", c) if "\uff01" <= c <= "\uffee"
+                                         or c == "\u3000" else c) for c in text)
     text = re.sub("[\u02bc\u2018-\u201b]", "'", text)
     text = re.sub("[\u201c-\u201f]", '"', text)
     return unicodedata.normalize("NFC", CONTROL.sub("", text))
@@ -122,8 +161,8 @@ def clean_caption(caption):
 def t5_dtype(dtype):
     """The precision T5 runs in for a requested one: fp16 becomes bf16, the rest stay. T5 v1.1 was trained in bf16 and
     its XXL encoder's activations overflow fp16 (transformers keeps its `wo` layers in fp32 and clamps infs for
-    that, but our .to(dtype) casts every layer); v1.0's T5Embedder runs in bf16 (its torch_dtype default) whatever
-    the model's dtype. So the fp16 sampling configs get a bf16 T5; STDiT.forward casts y to the model's dtype."""
+    that, but our .to(dtype) casts every layer). Only a run dtype handed down by train.py or prepare.py can be fp16
+    (config.validate refuses text_encoder.dtype='fp16' for T5); STDiT.forward casts y to the model's dtype."""
     return torch.bfloat16 if dtype == torch.float16 else dtype
 
 
@@ -135,6 +174,7 @@ class T5Encoder:
     from_pretrained=None: a random T5 encoder from `config` (T5Config keyword arguments, e.g. d_model=32, d_kv=8,
     d_ff=64, num_layers=2, num_heads=4), built from `seed` without touching the global RNG, over ByT5's tokenizer
     (UTF-8 bytes + 3 specials; vocab_size defaults to its 384 ids).
+    dtype: v1.0's default, float32, is what its inference runs (scripts/inference.py passes none).
     shardformer: accepted for v1.0's configs and unused. (v1.0 uses it to fuse T5 kernels with ColossalAI for speed,
     and it also casts T5 to fp16 as a side effect; here `dtype` alone sets the precision, fp16 run as bf16: t5_dtype.)
     """
@@ -164,7 +204,6 @@ class T5Encoder:
                 torch.manual_seed(seed)
                 self.model = T5EncoderModel(T5Config(**(dict(vocab_size=len(self.tokenizer)) | config)))
         self.model.to(device, t5_dtype(dtype)).eval().requires_grad_(False)
-        self.device = self.model.device
         self.model_max_length = model_max_length
         self.output_dim = self.model.config.d_model
         self.y_embedder = None
@@ -177,7 +216,7 @@ class T5Encoder:
         """
         tokens = self.tokenizer([clean_caption(t) for t in texts], max_length=self.model_max_length,
                                 padding="max_length", truncation=True, return_tensors="pt")
-        ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+        ids, mask = tokens["input_ids"].to(self.model.device), tokens["attention_mask"].to(self.model.device)
         y = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, C)
         return dict(y=y[:, None], mask=mask)
 
@@ -223,7 +262,6 @@ class ClipEncoder:
                 torch.manual_seed(seed)
                 self.model = CLIPTextModel(CLIPTextConfig(**(ids | config)))
         self.model.to(device, dtype).eval().requires_grad_(False)
-        self.device = self.model.device
         self.model_max_length = model_max_length
         self.output_dim = self.model.config.hidden_size
         self.y_embedder = None
@@ -233,7 +271,7 @@ class ClipEncoder:
         """list of B captions -> dict(y=(B, 1, 1, C)). v1.0 passes no attention mask: the causal attention keeps the
         end-of-text token's state independent of the padding after it."""
         ids = self.tokenizer(list(texts), max_length=self.model_max_length, padding="max_length", truncation=True,
-                             return_tensors="pt")["input_ids"].to(self.device)
+                             return_tensors="pt")["input_ids"].to(self.model.device)
         return dict(y=self.model(input_ids=ids).pooler_output[:, None, None])
 
     null = T5Encoder.null  # the same: the diffusion model's learned null caption, (n, 1, 1, C) here
@@ -263,13 +301,13 @@ TEXT_ENCODERS = {"t5": T5Encoder, "clip": ClipEncoder, "classes": ClassEncoder}
 
 
 def build_text_encoder(cfg, device=None, dtype=None):
-    """cfg: dict with `type` (a key of TEXT_ENCODERS) and the class's keyword arguments; device/dtype override."""
+    """cfg: dict with `type` (a key of TEXT_ENCODERS) and the class's keyword arguments, its dtype a name ("fp32",
+    "bf16"); device overrides cfg's; dtype is the precision where cfg names none (none: fp32, v1.0's)."""
     cfg = dict(cfg)
     kind = cfg.pop("type", None)
     if kind not in TEXT_ENCODERS:
         raise ValueError(f"unknown text_encoder type {kind!r} (known: {', '.join(TEXT_ENCODERS)})")
     if device is not None:
         cfg["device"] = device
-    if dtype is not None:
-        cfg["dtype"] = dtype
+    cfg["dtype"] = DTYPES[cfg["dtype"]] if "dtype" in cfg else dtype or torch.float32
     return TEXT_ENCODERS[kind](**cfg)

@@ -16,7 +16,7 @@ import data
 import toy
 import parallel
 import prepare
-from config import DTYPES, BadInput, load_config, one_line_errors, validate
+from config import BadInput, load_config, one_line_errors, run_dtype, validate
 from diffusion import build_scheduler
 from checkpoints import fit, newest_that_loads, read_checkpoint, save_checkpoint
 from model import PixArtMS, build_model
@@ -38,8 +38,8 @@ if cfg["load"]:  # read now, so that a bad file stops the run before the encoder
 # ----------------------------------------------------------------------------- distributed
 ctx = parallel.setup(cfg["sp_size"])
 device = ctx.device
-dtype = DTYPES[cfg["dtype"]] if device.type == "cuda" else torch.float32  # CPU trains in fp32
 log = print if ctx.is_main else (lambda *a, **k: None)
+dtype = run_dtype(cfg["dtype"], device, log)  # CPU trains in fp32
 if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN autotuning for the VAE's convolutions
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
 
@@ -215,7 +215,9 @@ if ctx.is_main and ema_sd:
     ema.load_state_dict(ema_sd)
     ema = ema.to(device).eval()
     text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
-    for path in sample.generate(cfg, ema, vae, text_encoder, cfg["eval_prompts"], os.path.join(run_dir, "samples"),
-                                cfg["seed"], device, dtype):
+    prompts = list(cfg["eval_prompts"])
+    for path in sample.generate(cfg, ema, vae, text_encoder, prompts, [cfg["seed"] + k for k in range(len(prompts))],
+                                os.path.join(run_dir, "samples"), device, dtype, dict(weights=dict(run=run_dir,
+                                step=step, ema=True))):
         log(path)
 parallel.cleanup()
