@@ -174,11 +174,18 @@ def tuples(x):
 
 
 # ----------------------------------------------------------------------------- the command line
-FLAGS = {  # our name: (v1.0's spelling, type); every flag also takes '-' for '_' and '=VALUE' or ' VALUE'
-    "config": (None, str), "ckpt": ("ckpt-path", str), "prompt": (None, str), "prompt_path": ("prompt-path", str),
-    "seed": (None, int), "save_dir": ("save-dir", str), "batch_size": ("batch-size", int),
-    "num_sampling_steps": ("num-sampling-steps", int), "cfg_scale": ("cfg-scale", float), "sp_size": (None, int),
-    "from_json": (None, str)}
+FLAGS = {  # our name: (v1.0's spelling, type, help); every flag also takes '-' for '_' and '=VALUE' or ' VALUE'
+    "config": (None, str, "the config file (default: configs/opensora/inference/16x256x256.py)"),
+    "ckpt": ("ckpt-path", str, "model weights: a .pth/.safetensors file, a hub file name or a run folder"),
+    "prompt": (None, str, "a prompt (repeatable)"),
+    "prompt_path": ("prompt-path", str, "a text file, one prompt per line"),
+    "seed": (None, int, "the k-th prompt samples from seed + k"),
+    "save_dir": ("save-dir", str, "where the videos and their sidecars go"),
+    "batch_size": ("batch-size", int, "prompts sampled together"),
+    "num_sampling_steps": ("num-sampling-steps", int, "the sampler's steps"),
+    "cfg_scale": ("cfg-scale", float, "classifier-free guidance scale"),
+    "sp_size": (None, int, "under torchrun: processes that sample each video together (Ulysses)"),
+    "from_json": (None, str, "a sidecar: sample its video again")}
 
 
 def parse_args(argv):
@@ -189,10 +196,11 @@ def parse_args(argv):
                                      allow_abbrev=False)
     parser.add_argument("prompts", nargs="*", help="a config file (.py) first if no --config, then text prompts")
     names = set()
-    for key, (v1, kind) in FLAGS.items():
+    for key, (v1, kind, what) in FLAGS.items():
         spellings = sorted({f"--{key}", f"--{key.replace('_', '-')}"} | ({f"--{v1}"} if v1 else set()))
         names |= set(spellings)
-        parser.add_argument(*spellings, dest=key, type=kind, action="append" if key == "prompt" else "store")
+        parser.add_argument(*spellings, dest=key, type=kind, help=what,
+                            action="append" if key == "prompt" else "store")
     parser.add_argument("--overwrite", action="store_true", help="replace existing videos of the same name")
     names.add("--overwrite")
     cut = argv.index("--") if "--" in argv else len(argv)  # the prompts after '--' may start with '-'
