@@ -196,8 +196,8 @@ class IDDPM:
         for i in tqdm(range(self.num_timesteps)[::-1], disable=not progress):
             t = torch.tensor([i] * shape[0], device=device)  # (B,) int64
             p = self.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
-            # Quirk kept: exactly one randn per step from the global generator, also at i = 0 where it is unused,
-            # so a seed reproduces the original's samples (iddpm_ref.pt `sample`).
+            # Quirk kept: exactly one randn per step from the global generator (or each prompt's), also at i = 0
+            # where it is unused, so a seed reproduces the original's samples (iddpm_ref.pt `sample`).
             step_noise = randn(x.shape, x.device, generators)
             nonzero = (t != 0).float().view(-1, *[1] * (x.ndim - 1))
             x = p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * step_noise

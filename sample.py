@@ -90,8 +90,8 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     """Sample prompts[k] from seeds[k] in batches of cfg["batch_size"]; write mp4s (PNGs for one frame) and their JSON
     sidecars; return the paths. Three stages: every prompt through the text encoder (then, if free_text_encoder, T5
     is dropped to make room), every batch through the diffusion model, then the VAE one video at a time. An existing
-    file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, write nothing (the
-    other ranks of a sequence-parallel group)."""
+    file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, decode and write
+    nothing (the other ranks of a sequence-parallel group)."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
     text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
@@ -102,7 +102,7 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     show = progress and len(batches) > 1
     peak_gib(device)
     t0 = clock(device)
-    encoded = [{k: v.to(device) for k, v in text_encoder.encode(prompts[b]).items()} for b in batches]
+    encoded = [{k: v.cpu() for k, v in text_encoder.encode(prompts[b]).items()} for b in batches]  # (CPU: any count)
     stats = dict(text_encoder_s=clock(device) - t0)
     if free_text_encoder and getattr(text_encoder, "model", None) is not None:
         text_encoder.model = None  # encode() is done for this run; null() needs only the model's y_embedder
@@ -113,31 +113,32 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     latents = []
     for b, enc in zip(tqdm(batches, desc="sampling", disable=not show), encoded):
         generators = [torch.Generator(device).manual_seed(s) for s in seeds[b]]
-        latents.append(scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device,
-                                        extra, progress=progress, generators=generators, encoded=enc))
+        enc = {k: v.to(device) for k, v in enc.items()}
+        latents += scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device, extra,
+                                    progress=progress, generators=generators, encoded=enc).unbind()
     stats.update(diffusion_s=clock(device) - t0, diffusion_peak_gib=peak_gib(device))
-    t0 = clock(device)
-    videos = [vae.decode(z[None].to(dtype)).float().clamp(-1, 1)[0] for zs in latents for z in zs]  # (3, T, H, W)
-    stats.update(vae_s=clock(device) - t0, vae_peak_gib=peak_gib(device))
-    if not write:
-        return []
-    stats = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
-    os.makedirs(save_dir, exist_ok=True)
-    paths = []
-    for prompt, seed, video in zip(prompts, seeds, videos):
+    paths, seconds = [], 0.0
+    for prompt, seed, z in zip(prompts, seeds, latents if write else []):  # decode and write one video at a time
+        t0 = clock(device)
+        video = vae.decode(z[None].to(dtype)).float().clamp(-1, 1)[0]  # (3, T, H, W)
+        seconds += clock(device) - t0
         name, k, ext = video_name(prompt, seed), 1, ".png" if video.shape[1] == 1 else ".mp4"
         path = os.path.join(save_dir, name + ext)
         while path in paths or os.path.exists(path) and not overwrite:
             k += 1
             path = os.path.join(save_dir, f"{name}-{k}{ext}")
+        os.makedirs(save_dir, exist_ok=True)
         paths.append(write_video(path, video, cfg["fps"]))
-        sidecar = dict(prompt=prompt, seed=seed, sampler=sched_cfg["type"], cfg_scale=scheduler.cfg_scale,
+    stats.update(vae_s=seconds, vae_peak_gib=peak_gib(device))
+    stats = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
+    for prompt, seed, path in zip(prompts, seeds, paths):  # the stages' seconds and peaks are the whole run's
+        write_json(os.path.splitext(path)[0] + ".json", dict(
+            prompt=prompt, seed=seed, sampler=sched_cfg["type"], cfg_scale=scheduler.cfg_scale,
             num_sampling_steps=getattr(scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None)),
             num_frames=cfg["num_frames"], image_size=list(cfg["image_size"]), fps=cfg["fps"],
             dtype=str(dtype).removeprefix("torch."), device=torch.cuda.get_device_name(device)
-            if device.type == "cuda" else platform.processor() or "cpu", batch_of=len(prompts), **stats,
-            **(meta or {}), config=cfg, versions=versions())
-        write_json(os.path.splitext(path)[0] + ".json", sidecar)
+            if device.type == "cuda" else platform.processor() or "cpu", videos_in_run=len(prompts), **stats,
+            **(meta or {}), config=cfg, versions=versions()))
     return paths
 
 
