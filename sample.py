@@ -221,9 +221,11 @@ def parse_args(argv):
 
 def read_sidecar(args, overrides):
     """--from_json FILE: the config, prompt, seed and weights a video was made with (its sha256 checked)."""
-    if overrides or args.config or args.prompts or args.prompt or args.prompt_path or args.ckpt or args.seed is not None:
-        raise BadInput("--from_json takes the config, prompt, seed and weights from the file: give only --save_dir, "
-                       "--overwrite or --batch_size beside it")
+    given = [k for k in ("config", "prompts", "prompt", "prompt_path", "ckpt", "seed", "num_sampling_steps",
+                         "cfg_scale") if getattr(args, k) not in (None, [])]
+    if overrides or given:
+        raise BadInput(f"--from_json takes the config, prompt, seed, sampler and weights from the file, not "
+                       f"{(overrides or given)[0]}: beside it give only --save_dir, --overwrite or --sp_size")
     try:
         with open(args.from_json) as f:
             side = json.load(f)

@@ -2729,6 +2729,7 @@ def test_sample_command_lines_as_v1_users_type_them(tmp_path, monkeypatch):
     for argv, message in [((shapes, "--prompt_pat", "x"), "'--prompt_pat' is not a flag of sample.py"),
                           ((shapes, "--prompt_pat=x"), "prompt_pat"),
                           ((shapes, "--config", shapes, "a"), "two configs"),
+                          (("--from_json", str(tmp_path / "p.txt"), "--seed", "3"), "from the file, not seed"),
                           ((shapes, "a", "--ckpt", str(tmp_path / "w.pt"), "--prompt-path", str(tmp_path / "none.txt")),
                            "none.txt: no such file")]:
         with pytest.raises(BadInput, match=message):
