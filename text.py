@@ -37,7 +37,7 @@ except ImportError:
 # "shipping" is dropped. Dims, ids and names like "jc6640" go too, and every caption is lower-cased.
 # v1.0 calls BeautifulSoup(..., "html.parser").text and ftfy.fix_text. We call them too when both are installed
 # (optional: `pip install ftfy beautifulsoup4`); without them html_text and fix_unicode below do the same by hand,
-# equal on v1.0's outputs for hard cases and on random captions (tests), ftfy's mojibake repair aside.
+# equal to them on the hard cases of the tests (test_clean_caption_hard_cases_..), ftfy's mojibake repair aside.
 
 def rules(*pairs):
     return [(re.compile(pattern), repl) for pattern, repl in pairs]
