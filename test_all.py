@@ -2790,6 +2790,7 @@ def test_sample_torchrun_splits_prompts_sp_and_sidecar_reproduce(tiny_run):
         assert len(outs[name]) == 3 and sorted(os.listdir(tmp / name)) == sorted(
             [os.path.basename(p) for p in outs[name]] + [os.path.basename(p)[:-4] + ".json" for p in outs[name]])
     one = {os.path.basename(p): data.read_video(p).astype(int) for p in outs["one"]}
+    assert len({v.tobytes() for v in one.values()}) == 3 and all(v.std() > 1 for v in one.values())  # real videos
     for name in ("dp", "sp"):
         for p in outs[name]:
             diff = np.abs(data.read_video(p).astype(int) - one[os.path.basename(p)]).max()
