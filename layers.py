@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels
+
 try:
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 except ImportError:  # no flash-attn wheel (CPU machines): torch's scaled_dot_product_attention does the work
@@ -57,7 +59,8 @@ def attention(q, k, v, mask=None):
 
 
 class SelfAttention(nn.Module):
-    """Fused qkv Linear -> attention among the N tokens of each row -> proj: (B, N, C) -> (B, N, C)."""
+    """Fused qkv Linear -> attention among the tokens along seq_dim of x, every other dim a batch -> proj.
+    x (B, N, C) with seq_dim=1, or (B, T, S, C): seq_dim=2 within each frame, seq_dim=1 across the frames."""
 
     def __init__(self, dim, num_heads):
         super().__init__()
@@ -66,10 +69,13 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attend = attention  # parallel.py wraps this in a Ulysses all-to-all (sequence parallelism)
 
-    def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).unbind(2)  # q | k | v, (B, N, H, D)
-        return self.proj(self.attend(q, k, v).reshape(B, N, C))
+    def forward(self, x, seq_dim=1):
+        C, H, N = x.shape[-1], self.num_heads, x.shape[seq_dim]
+        if self.attend is attention and kernels.fits(x, N, H):  # short sequence on CUDA: read in place, no copies
+            return self.proj(kernels.short_attention(self.qkv(x), H, seq_dim % x.ndim))
+        xs = x.movedim(seq_dim, -2)  # (B, [S,] N, C)
+        q, k, v = self.qkv(xs.reshape(-1, N, C)).view(-1, N, 3, H, C // H).unbind(2)  # q | k | v, (B', N, H, D)
+        return self.proj(self.attend(q, k, v).reshape(xs.shape)).movedim(-2, seq_dim)
 
 
 class CrossAttention(nn.Module):

@@ -35,10 +35,9 @@ from layers import (CaptionEmbedder, CrossAttention, FinalLayer, LabelEmbedder, 
 def self_attend(attn, x, over):
     """attn among the tokens of x (B, T, S, C): "space" those of each frame, "time" the frames of each spatial position,
     "all" every token of a sample -> (B, T, S, C)."""
-    B, T, S, C = x.shape
-    if over == "time":
-        return attn(x.transpose(1, 2).reshape(B * S, T, C)).view(B, S, T, C).transpose(1, 2)
-    return attn(x.reshape(B * T, S, C) if over == "space" else x.reshape(B, T * S, C)).view(B, T, S, C)
+    if over == "all":
+        return attn(x.flatten(1, 2)).view(x.shape)
+    return attn(x, seq_dim=1 if over == "time" else 2)
 
 
 class STDiTBlock(nn.Module):

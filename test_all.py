@@ -1003,6 +1003,46 @@ def test_fixture_under_both_attention_paths(short_keys, short):
     assert rel(out, ref["out"]) < 1e-5
 
 
+def test_short_attention_kernel(monkeypatch):
+    """kernels.py's fused kernel (CUDA) run by Triton's interpreter on the CPU: the same SelfAttention outputs and
+    gradients as the plain path (odd lengths and head sizes, both seq_dims), and v1.0's numbers (stdit_tiny_ref.pt,
+    whose 4 frames and 16 spatial tokens both take the kernel). Without TRITON_INTERPRET it reruns itself under it."""
+    import kernels
+    if kernels.triton is None:
+        pytest.skip("triton not installed (CUDA machines have it; `pip install triton` to run its interpreter here)")
+    if not os.environ.get("TRITON_INTERPRET"):  # the kernels were compiled for CUDA at import: a fresh process
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{sys._getframe().f_code.co_name}"]
+        run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return
+    monkeypatch.setattr(kernels, "fits", lambda x, n, heads: n <= kernels.MAX_KEYS)  # CPU tensors, any dtype
+    g = torch.Generator().manual_seed(0)
+    for shape, seq_dim in (((2, 5, 3, 48), 1), ((2, 5, 3, 48), 2), ((2, 33, 48), 1)):
+        attn = L.SelfAttention(48, 2)
+        x = torch.randn(*shape, generator=g, requires_grad=True)
+        w = torch.randn(shape, generator=g)
+        runs = []
+        for max_keys in (64, 0):  # kernel, plain
+            monkeypatch.setattr(kernels, "MAX_KEYS", max_keys)
+            out = attn(x, seq_dim)
+            runs.append((out, *torch.autograd.grad((out * w).sum(), [x, *attn.parameters()])))
+        for a, b in zip(*runs):
+            assert a.shape == b.shape and rel(a.double(), b.double()) < 1e-5
+    ref = load_fixture("stdit_tiny_ref.pt")
+    m = M.STDiT(**ref["config"]).train()
+    m.load_state_dict(ref["state_dict"])
+    m.y_embedder.dropout_prob = 0.0
+    runs = []
+    for max_keys in (64, 0):
+        monkeypatch.setattr(kernels, "MAX_KEYS", max_keys)
+        m.zero_grad()
+        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        runs.append((out.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])))
+    assert rel(runs[0][0], ref["out"]) < 1e-5
+    assert rel(runs[0][0], runs[1][0]) < 1e-6 and rel(runs[0][1], runs[1][1]) < 1e-5
+
+
 @pytest.mark.parametrize("ckpt", [True, 1])
 def test_selective_checkpointing_same_gradients(ckpt):
     """grad_checkpointing = n recomputes the first n blocks: same loss and gradients as none (fixture weights)."""
