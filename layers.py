@@ -28,9 +28,10 @@ SHORT_KEYS = 32  # up to this many keys and no mask: attention written out (0 = 
 def attention(q, k, v, mask=None):
     """softmax(q k^T / sqrt(D)) v per sample and head: q (B, N, H, D), k and v (B, M, H, D) -> (B, N, H, D).
 
-    Every attention of the model goes through here: flash-attn when importable and the tensors are CUDA fp16/bf16,
-    else torch SDPA; a short unmasked key sequence (the temporal attention over T frames) is written out instead:
-    flash/cuDNN kernels tile 64-128 keys and spend most of their time on padding there (bench.py --check compares).
+    Every attention of the model goes through here (but SelfAttention's short sequences on CUDA, which kernels.py's
+    fused kernel takes): flash-attn when importable and the tensors are CUDA fp16/bf16, else torch SDPA; a short
+    unmasked key sequence (the temporal attention over T frames) is written out instead: flash/cuDNN kernels tile
+    64-128 keys and spend most of their time on padding there (bench.py --check compares).
     mask (B, M) bool: the keys each sample may attend to. v1.0 packs each sample's kept caption tokens
     (mask != 0, any positions) under a block-diagonal mask; a key-padding mask gives the same softmax, key order does
     not matter (stdit_pipeline_ref.pt out_nonprefix). A sample with no kept key gets zeros (v1.0's empty block), no NaN.
