@@ -88,11 +88,11 @@ if triton is not None:
         *lead, C3 = qkv.shape
         N, C = lead[seq_dim], C3 // 3
         tok = [math.prod(lead[i + 1:]) for i in range(len(lead))]  # token strides
-        batch = [i for i in range(len(lead)) if i != seq_dim] + [None]  # one or two batch dims
-        B2 = lead[batch[1]] if batch[1] is not None else 1
-        t1, t2 = tok[batch[0]], tok[batch[1]] if batch[1] is not None else 0
-        # N, C, D compile in (a kernel per shape): with D known the masked loads vectorise; 16 is tl.dot's smallest tile,
-        # D=72 pads to 128 (the loads are masked: the padding costs registers, not bytes)
+        batch = [i for i in range(len(lead)) if i != seq_dim]  # one or two batch dims
+        t1, (B2, t2) = tok[batch[0]], (lead[batch[1]], tok[batch[1]]) if len(batch) == 2 else (1, 0)
+        # N, C, D compile in (a kernel per shape): with D known the masked loads vectorise. 16 is tl.dot's smallest
+        # tile; D=72 pads to 128 (the loads are masked: the padding costs registers, not bytes). One warp a program
+        # for 16 frames: fastest of 1, 2, 4 on the H200 (README, "Speed experiments")
         BLOCK_N = max(16, triton.next_power_of_2(N))
         wrap_triton(kernel)[(heads, math.prod(lead) // N)](
             *tensors, t1, t2, tok[seq_dim], B2, (C // heads) ** -0.5, C=C, N=N, D=C // heads, BLOCK_N=BLOCK_N,

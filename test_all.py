@@ -1011,11 +1011,13 @@ def test_short_attention_kernel(monkeypatch):
     if kernels.triton is None:
         pytest.skip("triton not installed (CUDA machines have it; `pip install triton` to run its interpreter here)")
     if not os.environ.get("TRITON_INTERPRET"):  # the kernels were compiled for CUDA at import: a fresh process
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{sys._getframe().f_code.co_name}"]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_short_attention_kernel"]
         run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         return
     monkeypatch.setattr(kernels, "fits", lambda x, n, heads: n <= kernels.MAX_KEYS)  # CPU tensors, any dtype
+    calls, kernel = [], kernels.short_attention
+    monkeypatch.setattr(kernels, "short_attention", lambda *a: calls.append(a[1:]) or kernel(*a))
     g = torch.Generator().manual_seed(0)
     for shape, seq_dim in (((2, 5, 3, 48), 1), ((2, 5, 3, 48), 2), ((2, 33, 48), 1)):
         attn = L.SelfAttention(48, 2)
@@ -1041,6 +1043,8 @@ def test_short_attention_kernel(monkeypatch):
         runs.append((out.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])))
     assert rel(runs[0][0], ref["out"]) < 1e-5
     assert rel(runs[0][0], runs[1][0]) < 1e-6 and rel(runs[0][1], runs[1][1]) < 1e-5
+    # the kernel did run: for the 3 SelfAttention cases, then for the spatial and the temporal attention of each block
+    assert calls == [(2, 1), (2, 2), (2, 1)] + [(ref["config"]["num_heads"], d) for d in (2, 1)] * ref["config"]["depth"]
 
 
 @pytest.mark.parametrize("ckpt", [True, 1])
