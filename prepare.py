@@ -67,7 +67,9 @@ def run_pool(fn, items, out, workers, desc):
     todo = [item for item in items if json.dumps(item) not in done]
     if done:
         print(f"{journal}: resuming, {len(items) - len(todo)} of {len(items)} rows already done")
-    with open(journal, "a") as f, multiprocessing.Pool(workers) as pool:
+    # forkserver, not fork: a worker forked from a process with threads (torch's, tqdm's monitor) can deadlock; with
+    # fork the test suite once hung in the pool's terminate() after a worker's error
+    with open(journal, "a") as f, multiprocessing.get_context("forkserver").Pool(workers) as pool:
         for item, result in tqdm(pool.imap_unordered(fn, todo), total=len(todo), desc=desc, dynamic_ncols=True):
             done[json.dumps(item)] = result
             f.write(json.dumps([item, result]) + "\n")
