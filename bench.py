@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 import diffusion
-import kernels
+import attention_kernel
 import layers
 import model as stdit
 import parallel
@@ -175,9 +175,9 @@ def build(args, latent, device, dtype, train, fast, row=None):
 
 def set_path(fast):
     """Plain path: SDPA for every attention, eager. Fast (train.py's and sample.py's on CUDA): the temporal attention
-    in kernels.py's fused kernel (written out, layers.SHORT_KEYS, where triton is missing), cuDNN autotuning for the
-    VAE's convolutions, blocks compiled (build)."""
-    layers.SHORT_KEYS, kernels.MAX_KEYS = (32, 64) if fast else (0, 0)
+    in attention_kernel.py's fused kernel (written out, layers.SHORT_KEYS, where triton is missing), cuDNN autotuning
+    for the VAE's convolutions, blocks compiled (build)."""
+    layers.SHORT_KEYS, attention_kernel.MAX_KEYS = (32, 64) if fast else (0, 0)
     torch.backends.cudnn.benchmark = fast
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels
+import attention_kernel
 
 try:
     from flash_attn import flash_attn_func, flash_attn_varlen_func
@@ -28,10 +28,10 @@ SHORT_KEYS = 32  # up to this many keys and no mask: attention written out (0 = 
 def attention(q, k, v, mask=None):
     """softmax(q k^T / sqrt(D)) v per sample and head: q (B, N, H, D), k and v (B, M, H, D) -> (B, N, H, D).
 
-    Every attention of the model goes through here (but SelfAttention's short sequences on CUDA, which kernels.py's
-    fused kernel takes): flash-attn when importable and the tensors are CUDA fp16/bf16, else torch SDPA; a short
-    unmasked key sequence (the temporal attention over T frames) is written out instead: flash/cuDNN kernels tile
-    64-128 keys and spend most of their time on padding there (bench.py --check compares).
+    Every attention of the model goes through here (but SelfAttention's short sequences on CUDA, which
+    attention_kernel.py's fused kernel takes): flash-attn when importable and the tensors are CUDA fp16/bf16, else
+    torch SDPA; a short unmasked key sequence (the temporal attention over T frames) is written out instead:
+    flash/cuDNN kernels tile 64-128 keys and spend most of their time on padding there (bench.py --check compares).
     mask (B, M) bool: the keys each sample may attend to. v1.0 packs each sample's kept caption tokens
     (mask != 0, any positions) under a block-diagonal mask; a key-padding mask gives the same softmax, key order does
     not matter (stdit_pipeline_ref.pt out_nonprefix). A sample with no kept key gets zeros (v1.0's empty block), no NaN.
@@ -72,8 +72,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, seq_dim=1):
         C, H, N = x.shape[-1], self.num_heads, x.shape[seq_dim]
-        if self.attend is attention and kernels.fits(x, N, H):  # short sequence on CUDA: read in place, no copies
-            return self.proj(kernels.short_attention(self.qkv(x), H, seq_dim % x.ndim))
+        if self.attend is attention and attention_kernel.fits(x, N, H):  # short, on CUDA: read in place, no copies
+            return self.proj(attention_kernel.short_attention(self.qkv(x), H, seq_dim % x.ndim))
         xs = x.movedim(seq_dim, -2)  # (B, [S,] N, C)
         q, k, v = self.qkv(xs.reshape(-1, N, C)).view(-1, N, 3, H, C // H).unbind(2)  # q | k | v, (B', N, H, D)
         return self.proj(self.attend(q, k, v).reshape(xs.shape)).movedim(-2, seq_dim)

@@ -1004,10 +1004,10 @@ def test_fixture_under_both_attention_paths(short_keys, short):
 
 
 def test_short_attention_kernel(monkeypatch):
-    """kernels.py's fused kernel (CUDA) run by Triton's interpreter on the CPU: the same SelfAttention outputs and
-    gradients as the plain path (odd lengths and head sizes, both seq_dims), and v1.0's numbers (stdit_tiny_ref.pt,
+    """attention_kernel.py's fused kernel (CUDA) run by Triton's interpreter on the CPU: the same SelfAttention outputs
+    and gradients as the plain path (odd lengths and head sizes, both seq_dims), and v1.0's numbers (stdit_tiny_ref.pt,
     whose 4 frames and 16 spatial tokens both take the kernel). Without TRITON_INTERPRET it reruns itself under it."""
-    import kernels
+    import attention_kernel as kernels
     if kernels.triton is None:
         pytest.skip("triton not installed (CUDA machines have it; `pip install triton` to run its interpreter here)")
     if not os.environ.get("TRITON_INTERPRET"):  # the kernels were compiled for CUDA at import: a fresh process

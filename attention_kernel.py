@@ -11,6 +11,7 @@ backward recomputes the scores (nothing is saved but qkv) and writes dq, dk, dv 
 Why our own: flash-attn, cuDNN and FlexAttention all want (B, H, N, D) or (B, N, H, D) batches with one batch
 stride, and pad short sequences to their tile; no library kernel takes a two-strided batch.
 Optional: without triton (CPU machines) layers.SelfAttention takes the written-out path; bench.py --check compares.
+(Not named kernels.py: transformers imports a top-level `kernels` module, Hugging Face's package, when it finds one.)
 """
 import math
 
