@@ -5,7 +5,7 @@
 The temporal attention of STDiT and Latte mixes the T frames of each spatial position: x is (B, T, S, C) and the
 sequence is dim 1. Through SDPA that costs a transpose of x to (B, S, T, C) and back, then the kernel's own layout
 copies, and flash/cuDNN tile 64-128 keys, so 16 frames are mostly padding. Here one program takes one (b1, b2, head):
-it loads that head's q, k, v of the N frames straight from the qkv Linear's output (strided, (B, T, S, 3C) memory),
+it loads that head's q, k, v of the N frames straight from the qkv Linear's (B, T, S, 3C) output, strided,
 computes the N x N softmax in registers and writes out in the same (B, T, S, C) memory order, ready for proj. The
 backward recomputes the scores (nothing is saved but qkv) and writes dq, dk, dv into one tensor shaped like qkv.
 Why our own: flash-attn, cuDNN and FlexAttention all want (B, H, N, D) or (B, N, H, D) batches with one batch
@@ -46,6 +46,14 @@ if triton is not None:
         return token * W + h * D + d[None, :], (n[:, None] < N) & (d[None, :] < D)
 
     @triton.jit
+    def _load_qkv(qkv, i, inside, C: tl.constexpr):
+        """q, k, v of this program's head: at +0, +C, +2C of each token's 3C channels; zero outside."""
+        q = tl.load(qkv + i, mask=inside, other=0.0)
+        k = tl.load(qkv + i + C, mask=inside, other=0.0)
+        v = tl.load(qkv + i + 2 * C, mask=inside, other=0.0)
+        return q, k, v
+
+    @triton.jit
     def _softmax(q, k, N: tl.constexpr, BLOCK_N: tl.constexpr, scale):
         """softmax(q k^T * scale) over the N real keys, float32 (v1.0's softmax precision) (BLOCK_N, BLOCK_N)."""
         s = tl.dot(q, tl.trans(k)) * scale
@@ -56,10 +64,8 @@ if triton is not None:
     @triton.jit
     def _short_fwd(qkv, out, t1, t2, tn, B2, scale, C: tl.constexpr, N: tl.constexpr, D: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        i, inside = _offsets(t1, t2, tn, B2, 3 * C, N, D, BLOCK_N, BLOCK_D)  # q | k | v at +0, +C, +2C
-        q = tl.load(qkv + i, mask=inside, other=0.0)
-        k = tl.load(qkv + i + C, mask=inside, other=0.0)
-        v = tl.load(qkv + i + 2 * C, mask=inside, other=0.0)
+        i, inside = _offsets(t1, t2, tn, B2, 3 * C, N, D, BLOCK_N, BLOCK_D)
+        q, k, v = _load_qkv(qkv, i, inside, C)
         o = tl.dot(_softmax(q, k, N, BLOCK_N, scale).to(v.dtype), v)
         i, inside = _offsets(t1, t2, tn, B2, C, N, D, BLOCK_N, BLOCK_D)
         tl.store(out + i, o.to(out.dtype.element_ty), mask=inside)
@@ -68,9 +74,7 @@ if triton is not None:
     def _short_bwd(qkv, dout, dqkv, t1, t2, tn, B2, scale, C: tl.constexpr, N: tl.constexpr, D: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         i, inside = _offsets(t1, t2, tn, B2, 3 * C, N, D, BLOCK_N, BLOCK_D)
-        q = tl.load(qkv + i, mask=inside, other=0.0)
-        k = tl.load(qkv + i + C, mask=inside, other=0.0)
-        v = tl.load(qkv + i + 2 * C, mask=inside, other=0.0)
+        q, k, v = _load_qkv(qkv, i, inside, C)
         io, _ = _offsets(t1, t2, tn, B2, C, N, D, BLOCK_N, BLOCK_D)
         do = tl.load(dout + io, mask=inside, other=0.0)
         p = _softmax(q, k, N, BLOCK_N, scale)
