@@ -22,20 +22,32 @@ import argparse
 import ast
 import contextlib
 import gc
+import json
 import math
+import os
 import statistics
+import tempfile
 import time
 
+import av
+import numpy as np
 import torch
 import torch.distributed as dist
 
-import diffusion
 import attention_kernel
+import data
+import diffusion
 import layers
 import model as stdit
 import parallel
+import sample
 import text
 import vae as vaes
+import video
+from cache import cache_bytes
+from config import load_config
+from errors import DTYPES, run_dtype, write_atomic
+from train import encode, train_step
 
 # ----------------------------------------------------------------------------- the real architectures, random weights
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
@@ -140,6 +152,12 @@ def on(device):
     return torch.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def latent_size(args, frames, size):
+    """The latent (T, h, w) of a (frames, size, size) clip under bench's VAE (the class's own down-sampling)."""
+    down = vaes.VideoAutoencoderKL.down_sampling(TINY_VAE if args.tiny else SD_VAE)
+    return vaes.latent_size((frames, size, size), down)
+
+
 def build_encoders(args, device, dtype):
     with on(device):
         vae = vaes.VideoAutoencoderKL(from_pretrained=None, config=TINY_VAE if args.tiny else SD_VAE, dtype=dtype,
@@ -182,17 +200,9 @@ def set_path(fast):
 
 
 # ----------------------------------------------------------------------------- rows
-def encode(vae, t5, batch, dtype):
-    """train.py's encode(): a video batch + captions -> x0 latents and the model's caption kwargs."""
-    if "latent" in batch:
-        return batch["latent"], {k: batch[k] for k in ("y", "mask") if k in batch}
-    with torch.no_grad():
-        return vae.encode(batch["video"].to(dtype)), t5.encode(batch["text"])
-
-
 def train_row(args, row, vae, t5, device, dtype):
     B, F, size = row["batch"], row["frames"], row["size"]
-    latent = vaes.latent_size((F, size, size), (1, 8, 8))  # SD_VAE and TINY_VAE: 8x in space
+    latent = latent_size(args, F, size)
     model = build(args, latent, device, dtype, train=True, fast=not args.plain, row=row)
     model.grad_checkpointing = row["ckpt"]
     opt = parallel.ZeroAdamW(model.named_parameters(), lr=2e-5)  # sharded over all ranks; one process: plain AdamW
@@ -209,8 +219,8 @@ def train_row(args, row, vae, t5, device, dtype):
                          if model.num_classes is None else torch.randint(0, model.num_classes, (B,), device=device))
 
     def step():
-        x, kwargs = encode(vae, t5, batch, dtype)
-        return parallel.train_step(model, opt, scheduler, x, kwargs, 1.0, 0.9999)[0]
+        x, kwargs = encode(batch, vae, t5, device, dtype)
+        return train_step(model, opt, scheduler, x, kwargs, 1.0, 0.9999)[0]
 
     sp = args.ctx.sp_size  # an SP group of sp GPUs trains on B samples a step: B / sp per GPU
     return step, dict(per_call=B / sp, flops=flops(model, latent, 120, train=True), ntok=model_tokens(model, latent))
@@ -222,7 +232,7 @@ def loss_curve(args, device, dtype):
     the same run on any number of GPUs, up to rounding. Prints (and --losses_out writes) the global mean loss a step."""
     ctx, name = args.ctx, args.rows.split(",")[0]
     row = ROWS[name]
-    B, latent = row["batch"], vaes.latent_size((row["frames"], row["size"], row["size"]), (1, 8, 8))
+    B, latent = row["batch"], latent_size(args, row["frames"], row["size"])
     if B % ctx.dp_size:
         raise ValueError(f"--losses: global batch {B} of row {name} is not divisible by {ctx.dp_size} data-parallel ranks")
     b, lo = B // ctx.dp_size, ctx.dp_rank * (B // ctx.dp_size)
@@ -239,7 +249,7 @@ def loss_curve(args, device, dtype):
         t = torch.randint(0, scheduler.num_timesteps, (B,), generator=g)
         x0, noise, y, t = (v[lo:lo + b].to(device) for v in (x0, noise, y, t))
         kwargs = dict(y=y.to(dtype), mask=torch.ones(b, 120, dtype=torch.long, device=device))
-        loss = parallel.train_step(model, opt, scheduler, x0.to(dtype), kwargs, 1.0, 0.9999, t, noise.to(dtype))[0]
+        loss = train_step(model, opt, scheduler, x0.to(dtype), kwargs, 1.0, 0.9999, t, noise.to(dtype))[0]
         losses.append(parallel.all_reduce_mean(loss))  # SP peers hold the same loss; equal local batches: the mean
         args.log(f"step {i + 1} loss {losses[-1]:.6f}", flush=True)
     if args.losses_out and ctx.is_main:
@@ -248,7 +258,7 @@ def loss_curve(args, device, dtype):
 
 
 def sample_row(args, row, vae, t5, device, dtype):
-    latent = vaes.latent_size((row["frames"], row["size"], row["size"]), (1, 8, 8))
+    latent = latent_size(args, row["frames"], row["size"])
     model = build(args, latent, device, dtype, train=False, fast=not args.plain)
     t5.y_embedder = model.y_embedder
     scheduler = diffusion.build_scheduler(dict(type=row["sampler"], num_sampling_steps=row["steps"], cfg_scale=7.0))
@@ -267,11 +277,6 @@ def memory_row(args, row, device):
     VAE micro-batch unless the row sets them), random weights of the real sizes, T5-XXL at v1.0's fp32 (ROW.t5=bf16:
     the lower-memory option) on the GPU -> the video's sidecar: seconds and peak GPU memory of each stage. Peaks are
     torch's allocated bytes: a card also needs room for the CUDA context (~0.5 GiB) and the caching allocator."""
-    import json
-    import tempfile
-
-    import sample
-    from config import DTYPES, load_config, run_dtype
     cfg = load_config(row["config"], ["--batch_size=1", *row.get("overrides", [])])
     frames = cfg["vae"].get("micro_batch_size") if row.get("vae_micro") is None else row["vae_micro"]
     dtype = run_dtype(cfg["dtype"], device)
@@ -384,6 +389,90 @@ def check(args, device):
 
 
 # ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- --loader: the data loader and the cache
+LOADER_ROWS = {"16x256": (16, 256, 8), "16x512": (16, 512, 2), "64x512": (64, 512, 1)}  # bench.py's online rows:
+SOURCES = {"1080p": (1080, 1920, 250), "4K": (2160, 3840, 250),  # frames (every 3rd), size, batch; height, width,
+           "512p": (512, 910, 30)}  # keyframe interval: x264's default, or prepare.py scenes --shorter_size 512's
+
+
+def bench_clip(path, seconds, height, width, keyint=250, fps=30):
+    """A synthetic camera pan (4 px a frame) over smooth colour blobs and fine texture, with sensor noise, encoded by
+    x264 (crf 23, preset veryfast, a keyframe every `keyint` frames): ~7 Mbit/s at 1080p, 28 at 4K, like stock
+    footage. Written once: an existing file is kept."""
+    if os.path.exists(path):
+        return path
+    rng = np.random.default_rng(0)
+    pan = 4 * seconds * fps
+    blobs = torch.rand(1, 3, height // 64 + 2, (width + pan) // 64 + 2, generator=torch.Generator().manual_seed(0))
+    blobs = torch.nn.functional.interpolate(blobs, size=(height, width + pan), mode="bilinear")[0]  # (3, H, W + pan)
+    scene = (blobs.permute(1, 2, 0).numpy() * 200).astype(np.int16)
+    texture = rng.integers(0, 40, (height // 4 + 1, (width + pan) // 4 + 1, 1), dtype=np.int16)
+    scene += texture.repeat(4, 0).repeat(4, 1)[:height, :width + pan]
+    noise = [rng.integers(-12, 13, (height, width, 3), dtype=np.int16) for _ in range(5)]
+    frames = (np.clip(scene[:, 4 * t:4 * t + width] + noise[t % 5], 0, 255).astype(np.uint8)
+              for t in range(seconds * fps))
+    return video.write_video(path, frames, fps, options=dict(crf="23", preset="veryfast", g=str(keyint)))
+
+
+def loader_rate(csv_path, frames, size, batch, workers, samples):
+    """Samples/s through a DataLoader of `workers` processes over VideoDataset(csv_path): decode, resize/crop, flip,
+    collate; timed after each worker's first batch."""
+    dataset = data.VideoDataset(csv_path, frames, 3, (size, size))
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers))
+    for _ in range(workers):
+        next(loader)
+    t0, n = time.perf_counter(), 0
+    while n < samples:
+        n += len(next(loader)["text"])
+    return n / (time.perf_counter() - t0)
+
+
+def window_seconds(path, at, frames=16, repeats=3, seek=True):
+    """Median seconds to decode (data.decode's calls) a window of `frames` frames every 3rd starting `at` s in."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total, start, step = video.frame_timing(path)
+        with av.open(path) as c:
+            first = round(at * c.streams.video[0].average_rate)
+        picks = np.linspace(first, first + 3 * frames - 1, frames, dtype=int).tolist()
+        got = video.frames_seeking(path, picks, start, step) if seek else video.frames_from_start(path, picks)
+        assert got is not None and len(got) == frames, path
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def loader_bench(clip_dir, workers=(1, 2), samples=8, feed=None):
+    """Print the loader's samples/s per worker on generated 30 s clips (1080p and 4K, and 512p with a keyframe every
+    second as prepare.py scenes writes) for bench.py's online training rows, the workers each row needs at `feed`
+    samples/s, the cost of a window by position in a 60 s 1080p clip, and the cache's bytes per sample."""
+    torch.set_num_threads(1)  # as in DataLoader workers
+    print("| source | loader row | " + " | ".join(f"{w} workers: samples/s per worker" for w in workers) + " |")
+    print("|---|---|" + "---|" * len(workers))
+    per_worker = {}
+    for source, (height, width, keyint) in SOURCES.items():
+        clip = bench_clip(os.path.join(clip_dir, f"{source}_30s.mp4"), 30, height, width, keyint)
+        csv_path = write_atomic(os.path.join(clip_dir, f"{source}.csv"), data.csv_text([[clip, "bench"]] * 1000))
+        for row, (frames, size, batch) in LOADER_ROWS.items():
+            rates = [loader_rate(csv_path, frames, size, batch, w, samples) / w for w in workers]
+            per_worker[source, row] = rates[-1]
+            print(f"| {source} | {row} b{batch} | " + " | ".join(f"{r:.2f}" for r in rates) + " |", flush=True)
+    for row, rate in (feed or {}).items():
+        print(f"{row} at {rate} samples/s needs " + ", ".join(
+            f"{math.ceil(rate / per_worker[source, row])} workers from {source}" for source in SOURCES))
+    long = bench_clip(os.path.join(clip_dir, "1080p_60s.mp4"), 60, 1080, 1920)
+    near, far = window_seconds(long, 5), window_seconds(long, 55)
+    print(f"16-frame window of a 60 s 1080p clip: at 5 s {near:.2f} s, at 55 s {far:.2f} s ({far / near:.2f}x); "
+          f"decoded from the start at 55 s: {window_seconds(long, 55, repeats=1, seek=False):.2f} s")
+    print("| sample | cached | bytes | v1.0's estimate (1 MB + 4 MB) / bytes |\n|---|---|---|---|")
+    for name, latent in (("16x256", (4, 16, 32, 32)), ("64x512", (4, 64, 64, 64))):
+        for tokens, windows, posterior in ((120, 1, False), (30, 1, False), (30, 1, True), (30, 4, True)):
+            n = cache_bytes(latent, tokens, 4096, windows, posterior)
+            print(f"| {name} | {tokens} tokens, {windows} window{'s' * (windows > 1)}{', std' * posterior} | "
+                  f"{n / 2**20:.2f} MiB | {5 * 2**20 / n:.1f}x |")
+
+
+# ----------------------------------------------------------------------------- command line
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
@@ -399,7 +488,16 @@ def main():
     parser.add_argument("--losses", type=int, default=0, help="N: the loss curve of N steps of the first row instead")
     parser.add_argument("--losses_out", help="--losses: write the losses here, one a line")
     parser.add_argument("--lr", type=float, default=2e-5, help="--losses: AdamW learning rate")
+    parser.add_argument("--loader", metavar="CLIP_DIR", help="the loader's samples/s per worker on clips generated in "
+                        "CLIP_DIR (kept for the next run), window cost by position, cache bytes per sample (CPU)")
+    parser.add_argument("--workers", default="1,2", help="--loader: comma-separated worker counts to time")
+    parser.add_argument("--samples", type=int, default=8, help="--loader: samples timed per measurement")
+    parser.add_argument("--feed", default="16x256=13.9,16x512=3.21,64x512=0.769",
+                        help="--loader: samples/s per GPU to feed, per row (default: the online rows on an H100)")
     args = parser.parse_args()
+    if args.loader:
+        feed = {k: float(v) for k, v in (kv.split("=") for kv in args.feed.split(",") if kv)}
+        return loader_bench(args.loader, [int(w) for w in args.workers.split(",")], args.samples, feed)
     args.ctx = ctx = parallel.setup(args.sp_size)  # torchrun's environment; plain `python`: one process
     args.log = log = print if ctx.is_main else (lambda *a, **k: None)
     device = torch.device("cpu") if args.tiny or not torch.cuda.is_available() else ctx.device

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from config import BadInput
+from errors import BadInput, atomic
 
 HUB_FILES = {  # the file names v1.0's configs use -> where they are published: a Hugging Face repo (the same file
     # name, or repo/file when the file is published under another name) or a plain URL
@@ -138,15 +138,8 @@ def save_checkpoint(state, path, keep_last=None):
     """torch.save into a temporary file, then rename it: an interrupted write never replaces a good checkpoint. Then
     keep_last (None: all) prunes the folder's older stepNNNNNNN.pt down to keep_last with this one. Later ones (left by
     a run resumed from an older checkpoint) are not touched: the newest good checkpoint is never deleted."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic(path) as tmp:
+        torch.save(state, tmp)
     if keep_last:
         step = int(re.fullmatch(r"step(\d+)\.pt", os.path.basename(path))[1])
         older = [f for f in checkpoint_files(os.path.dirname(path) or ".") if int(os.path.basename(f)[4:-3]) < step]

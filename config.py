@@ -10,18 +10,25 @@ than the one it replaces is an error (--max_steps=ten), except an int for a floa
 validate(cfg, "train" | "sample" | "cache", run_dir) is the one pass over every rule a run depends on (keys, types,
 ranges, shapes, placeholders, files to read, folders to write), before anything is written or loaded. Bad input raises
 BadInput: one line naming the key or file, the value and what to do; the entry points print it alone and exit with code
-2 (one_line_errors; NANOSORA_DEBUG=1 shows the traceback).
+2 (errors.one_line_errors; NANOSORA_DEBUG=1 shows the traceback).
 """
 import ast
 import difflib
 import inspect
 import os
 import runpy
-import sys
 import tempfile
 import traceback
 
-import torch
+import diffusion
+import model
+import text
+import toy
+import vae
+from cache import cache_complete, read_meta
+from checkpoints import checkpoint_files, resolve_weights
+from errors import DTYPES, BadInput, pick
+from parallel import check_sequence_parallel
 
 DEFAULTS = dict(
     # data
@@ -41,33 +48,8 @@ DEFAULTS = dict(
     multi_resolution=False,  # PixArtMS: the image size and aspect ratio go into the model (v1.0's key)
 )
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # a config's dtype (GPU; CPU: fp32)
-
-
-def run_dtype(name, device, log=print):
-    """The precision a run computes in: the config's `dtype` on a GPU, fp32 on the CPU. A GPU without bf16 (before
-    Ampere: V100, T4, 2080) runs bf16 configs in fp16, and says so."""
-    if device.type != "cuda":
-        return torch.float32
-    if DTYPES[name] == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] < 8:
-        log(f"{torch.cuda.get_device_name(device)} has no bf16: running in fp16 (dtype='fp16')")
-        return torch.float16
-    return DTYPES[name]
-
-
-class BadInput(ValueError):
-    """A config value, a data file or a weights file that cannot work: the message is one line naming the key, file or
-    line, the value and what to do."""
-
-
-def one_line_errors(kind, error, tb):
-    """sys.excepthook of train.py, sample.py and data.py: BadInput and OSError (a missing file, permissions, a full
-    disk) print one line and exit with code 2; anything else (a bug), or NANOSORA_DEBUG=1, the usual traceback."""
-    if issubclass(kind, (BadInput, OSError)) and not os.environ.get("NANOSORA_DEBUG"):
-        what = "" if issubclass(kind, BadInput) else f"{kind.__name__}: "
-        print(f"error: {what}{' '.join(str(error).split())}", file=sys.stderr, flush=True)
-        raise SystemExit(2)  # raised inside the hook, Python exits with this code (atexit handlers still run)
-    sys.__excepthook__(kind, error, tb)
+SECTIONS = dict(model=model.MODELS, vae=vae.VAES, text_encoder=text.TEXT_ENCODERS, scheduler=diffusion.SCHEDULERS,
+                sample_scheduler=diffusion.SCHEDULERS)  # a config's dicts with a `type` -> its constructors
 
 
 def parse_value(text):
@@ -84,14 +66,10 @@ def same_type(old, new):
 
 
 def keywords(section, kind):
-    """The keys config dict `section` may take beyond those its file lists: the keyword arguments of the class its
-    `type` names (--model.depth=2 on an STDiT-XL/2 config, whose dict lists no depth)."""
-    import diffusion, model, text, vae  # noqa: E401. Here, not at the top: only for a key the file's dict omits
-    classes = dict(model={name: cls for name, (cls, _) in model.MODELS.items()}, vae=vae.VAES,
-                   text_encoder=text.TEXT_ENCODERS, scheduler=diffusion.SCHEDULERS,
-                   sample_scheduler=diffusion.SCHEDULERS)
-    cls = classes.get(section, {}).get(kind)
-    names = set(inspect.signature(cls).parameters) if cls else set()
+    """The keys config dict `section` may take beyond those its file lists: the keyword arguments of the constructor
+    its `type` names (--model.depth=2 on an STDiT-XL/2 config, whose dict lists no depth)."""
+    make = SECTIONS.get(section, {}).get(kind)
+    names = set(inspect.signature(make).parameters) if make else set()
     return names | {"type"} | ({"from_pretrained"} if section == "model" else set())  # build_model takes the weights
 
 
@@ -160,9 +138,6 @@ def writable(key, folder):
 def validate(cfg, command, run_dir=None):
     """Check cfg for `command` ("train", "sample" or "cache"; run_dir: train.py's run folder) before anything is
     written or loaded; the first problem raises BadInput."""
-    import data, diffusion, model, text, toy, vae  # noqa: E401. Here: the type dicts as they are when the run starts
-    from checkpoints import checkpoint_files, resolve_weights
-
     def need(ok, key, what):
         if not ok:
             *parent, leaf = key.split(".")
@@ -194,17 +169,10 @@ def validate(cfg, command, run_dir=None):
     need(prompts is None or type(prompts) in (list, tuple) and all(isinstance(p, str) and p for p in prompts),
          "eval_prompts", "give a list of prompts, or None")
 
-    # the model, encoders and schedulers: a known type and that class's keywords
-    types = dict(model=model.MODELS, vae=vae.VAES, text_encoder=text.TEXT_ENCODERS,
-                 scheduler=diffusion.SCHEDULERS, sample_scheduler=diffusion.SCHEDULERS)
-    for section, known in types.items():
-        if cfg[section] is None and section == "sample_scheduler":
-            continue
-        need(isinstance(cfg[section], dict), section, "give a dict with a type and its keywords")
-        need(cfg[section].get("type") in known, f"{section}.type", f"give one of {', '.join(known)}")
-        kind = cfg[section]["type"]
-        for key in cfg[section]:
-            need(key in keywords(section, kind), f"{section}.{key}", f"not a keyword of {section} type {kind!r}")
+    # the model, encoders and schedulers: a known type and that class's keywords (the builders' own check)
+    for section, known in SECTIONS.items():
+        if cfg[section] is not None or section != "sample_scheduler":
+            pick(known, section, cfg[section], extra=("from_pretrained",) * (section == "model"))
     need(cfg["text_encoder"].get("dtype", "fp32") in ("fp32", "bf16") + ("fp16",) * (cfg["text_encoder"]["type"] != "t5"),
          "text_encoder.dtype", "give 'fp32' (v1.0's), or 'bf16' (half the memory)" +
          " (T5 v1.1 overflows in fp16)" * (cfg["text_encoder"].get("dtype") == "fp16"))
@@ -228,32 +196,22 @@ def validate(cfg, command, run_dir=None):
              "give a run folder of train.py or a weights file")
 
     # shapes: (num_frames, *image_size) / the VAE's down-sampling must divide by the model's patch_size
-    blocks = len(cfg["vae"]["config"].get("block_out_channels", (64,))) if cfg["vae"].get("config") else 4  # SD's
-    down = getattr(vae.VAES[cfg["vae"]["type"]], "patch_size", None) or (1, 2 ** (blocks - 1), 2 ** (blocks - 1))
-    cls, sizes = model.MODELS[cfg["model"]["type"]]  # (an AutoencoderKL halves H, W per block)
-    patch = cfg["model"].get("patch_size") or sizes.get("patch_size") or \
-        inspect.signature(cls).parameters["patch_size"].default
+    down = vae.VAES[cfg["vae"]["type"]].down_sampling(cfg["vae"].get("config"))
+    patch = model.model_setting(cfg["model"], "patch_size")
     step = tuple(d * p for d, p in zip(down, patch))
     for key, n, k in zip(("num_frames", "image_size", "image_size"), (cfg["num_frames"], *size), step):
         need(n % k == 0, key, f"(T, H, W) must divide by the VAE's down-sampling {tuple(down)} times the model's "
              f"patch_size {tuple(patch)}: pick multiples of {step}")
-    sp = cfg["sp_size"]  # Ulysses (parallel.enable_sequence_parallel): STDiT's heads, and its frames or spatial tokens
-    if sp > 1:
-        need(getattr(cls, "temporal", False), "sp_size", f"sequence parallelism is for STDiT, not model.type="
-             f"{cfg['model']['type']!r}: use sp_size=1 (the processes of torchrun then split prompts or batches)")
-        heads = cfg["model"].get("num_heads") or sizes.get("num_heads") or \
-            inspect.signature(cls).parameters["num_heads"].default
-        need(heads % sp == 0, "sp_size", f"the model's {heads} attention heads must divide by it")
-        T, H, W = (n // k for n, k in zip((cfg["num_frames"], *size), step))  # tokens
-        need(T % sp == 0 or H * W % sp == 0, "sp_size", f"the {T} frame tokens or the {H * W} spatial tokens of "
-             f"({cfg['num_frames']}, *{size}) must divide by it")
+    if cfg["sp_size"] > 1:
+        check_sequence_parallel(model.model_class(cfg["model"]), model.model_setting(cfg["model"], "num_heads"),
+                                [n // k for n, k in zip((cfg["num_frames"], *size), step)], cfg["sp_size"])
 
     # files to read, folders to write
     if command in ("train", "cache"):
         path = cfg["data_path"]
         need(isinstance(path, str) and path != "CSV_PATH", "data_path", "set --data_path=FILE.csv, your CSV of "
              "path,caption rows" + " (CSV_PATH is v1.0's placeholder)" * (path == "CSV_PATH"))
-        cached = cfg["cache_dir"] and data.read_meta(cfg) is not None  # (built with other settings: BadInput)
+        cached = cfg["cache_dir"] and read_meta(cfg) is not None  # (built with other settings: BadInput)
         need(not os.path.isdir(path), "data_path", "a folder: give the CSV file of path,caption rows")
         folder = os.path.dirname(path) or "."
         if not os.path.exists(path) and cfg["make_shapes"]:  # the toy set goes only into its own folder
@@ -266,7 +224,7 @@ def validate(cfg, command, run_dir=None):
         need(os.path.exists(path) or cfg["make_shapes"] or cached, "data_path", "no such file: give the CSV of "
              "path,caption rows to train on")
         need(command == "train" or cfg["cache_dir"], "cache_dir", "set --cache_dir=FOLDER to encode the data set into")
-        if cfg["cache_dir"] and not data.cache_complete(cfg):
+        if cfg["cache_dir"] and not cache_complete(cfg):
             writable("cache_dir", cfg["cache_dir"])
     if command == "train":
         need(not cfg["load"] or checkpoint_files(cfg["load"]), "load", "no such file, or a folder with no "

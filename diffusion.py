@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from errors import pick
+
 # ---------------------------------------------------------------------------------------------------------------
 # Noise schedule and respacing (float64 numpy, as the original: a coefficient is cast to float32 per use)
 # ---------------------------------------------------------------------------------------------------------------
@@ -353,8 +355,4 @@ SCHEDULERS = {"iddpm": IDDPM, "dpm-solver": DPMSolver}
 
 def build_scheduler(cfg):
     """cfg: dict(type="iddpm" | "dpm-solver", **keyword arguments of that class)."""
-    cfg = dict(cfg)
-    kind = cfg.pop("type", None)
-    if kind not in SCHEDULERS:
-        raise ValueError(f"scheduler type {kind!r} is unknown (known: {', '.join(SCHEDULERS)})")
-    return SCHEDULERS[kind](**cfg)
+    return pick(SCHEDULERS, "scheduler", cfg)(**{k: v for k, v in cfg.items() if k != "type"})

@@ -21,12 +21,14 @@ Dims: B batch, T frames, S spatial tokens per frame, N = T*S, C hidden channels,
 import inspect
 import math
 import re
+from functools import partial
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from checkpoints import load_checkpoint
+from errors import pick
 from layers import (CaptionEmbedder, CrossAttention, FinalLayer, LabelEmbedder, Mlp, SelfAttention, drop_path,
                     embedder_mlp, modulate, size_embedding, spatial_pos_embed, temporal_pos_embed, timestep_embedding)
 
@@ -372,26 +374,29 @@ class Latte(DiT):
 # ----------------------------------------------------------------------------- sizes
 XL2 = dict(depth=28, hidden_size=1152, num_heads=16, patch_size=(1, 2, 2))
 XL2x2 = dict(XL2, patch_size=(2, 2, 2))
-MODELS = {  # a config's model type -> the class and the sizes the name fixes (a class name: sizes from the config)
-    "STDiT-XL/2": (STDiT, XL2), "PixArt-XL/2": (PixArt, XL2), "PixArtMS-XL/2": (PixArtMS, XL2),
-    "DiT-XL/2": (DiT, XL2), "DiT-XL/2x2": (DiT, XL2x2), "Latte-XL/2": (Latte, XL2), "Latte-XL/2x2": (Latte, XL2x2),
-    **{cls.__name__: (cls, {}) for cls in (STDiT, PixArt, PixArtMS, DiT, Latte)}}
+MODELS = {  # a config's model type -> its constructor, the sizes the name fixes (a class name: sizes from the config)
+    "STDiT-XL/2": partial(STDiT, **XL2), "PixArt-XL/2": partial(PixArt, **XL2), "PixArtMS-XL/2": partial(PixArtMS, **XL2),
+    "DiT-XL/2": partial(DiT, **XL2), "DiT-XL/2x2": partial(DiT, **XL2x2), "Latte-XL/2": partial(Latte, **XL2),
+    "Latte-XL/2x2": partial(Latte, **XL2x2), **{cls.__name__: cls for cls in (STDiT, PixArt, PixArtMS, DiT, Latte)}}
+
+
+def model_class(cfg):
+    """The class of a config's model dict (checked: a known type, keywords of it)."""
+    make = pick(MODELS, "model", cfg, extra=("from_pretrained",))
+    return getattr(make, "func", make)
+
+
+def model_setting(cfg, key):
+    """The value `key` (patch_size, num_heads, ...) takes in the model cfg builds: cfg's, else its size's or default."""
+    return cfg[key] if key in cfg else inspect.signature(MODELS[cfg["type"]]).parameters[key].default
 
 
 def build_model(cfg, **kwargs):
     """cfg: a config's model dict, e.g. dict(type="STDiT-XL/2", space_scale=0.5, from_pretrained=...). Values in cfg
     override the named size's (--model.depth=2); kwargs (input_size, in_channels, caption_channels, model_max_length,
     dtype from train.py/sample.py) override both."""
-    cfg = dict(cfg)
-    kind, weights = cfg.pop("type", None), cfg.pop("from_pretrained", None)
-    if kind not in MODELS:
-        raise ValueError(f"unknown model type {kind!r}; known: {', '.join(MODELS)}")
-    cls, sizes = MODELS[kind]
-    args = {**sizes, **cfg, **kwargs}
-    unknown = sorted(set(args) - set(inspect.signature(cls).parameters))
-    if unknown:
-        raise TypeError(f"model config: unknown keys {unknown} for {kind}")
-    model = cls(**args)
-    if weights:
-        load_checkpoint(model, weights)
+    make = pick(MODELS, "model", cfg, extra=("from_pretrained",))
+    model = make(**{k: v for k, v in cfg.items() if k not in ("type", "from_pretrained")} | kwargs)
+    if cfg.get("from_pretrained"):
+        load_checkpoint(model, cfg["from_pretrained"])
     return model

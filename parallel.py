@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from config import BadInput
+from errors import BadInput
 
 # torch 2.13 renamed these two (the old names warn); requirements allow torch >= 2.1, which only has the old ones
 reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -298,22 +298,6 @@ class ZeroAdamW:
         self.copy_master_to_params()
 
 
-def train_step(model, opt, scheduler, x, model_kwargs, grad_clip, ema_decay, t=None, noise=None):
-    """One training step, the one train.py runs and bench.py times: the IDDPM loss at random timesteps t (or the given
-    ones), backward (ZeRO-2: each gradient bucket reduce-scattered on the way), the clipped AdamW update of this rank's
-    shard, the weights all-gathered, then the EMA of the fp32 master shard unless the update was skipped (a non-finite
-    gradient norm, the same on every rank). Returns (loss, grad_norm)."""
-    if t is None:
-        t = torch.randint(0, scheduler.num_timesteps, (x.shape[0],), device=x.device)
-    loss = scheduler.training_losses(model, x, t, model_kwargs, noise=noise)["loss"].mean()
-    opt.zero_grad()
-    loss.backward()
-    grad_norm = opt.step(grad_clip)
-    if math.isfinite(grad_norm):
-        opt.update_ema(ema_decay)  # (v1.0 skips pos_embed, a buffer here anyway)
-    return loss, grad_norm
-
-
 def check_same_everywhere(tensors):
     """Ranks that start from different weights would silently train different models: fail at start-up instead."""
     if not dist.is_initialized():
@@ -422,6 +406,19 @@ def ulysses(attn_fn, group):
     return attend
 
 
+def check_sequence_parallel(cls, heads, tokens, sp):
+    """Ulysses' rule (config.validate asks it before anything loads, enable_sequence_parallel again): an STDiT whose
+    heads divide by sp, and its frame tokens or its spatial tokens too (tokens: the (T', H', W') grid)."""
+    T, H, W = tokens
+    if not getattr(cls, "temporal", False):
+        raise BadInput(f"sp_size={sp}: sequence parallelism is for STDiT, not {cls.__name__}: use sp_size=1 (the "
+                       "processes of torchrun then split prompts or batches)")
+    if heads % sp:
+        raise BadInput(f"sp_size={sp}: the model's {heads} attention heads must divide by it")
+    if T % sp and H * W % sp:
+        raise BadInput(f"sp_size={sp}: the {T} frame tokens or the {H * W} spatial tokens must divide by it")
+
+
 def enable_sequence_parallel(model, group):
     """Split an STDiT's tokens over the group's ranks after the embedding, gather them before the final layer.
     Frames when the frame tokens divide by sp (each rank holds T/sp whole frames: spatial attention is frame-local, the
@@ -430,15 +427,8 @@ def enable_sequence_parallel(model, group):
     still splits. Cross-attention sees the whole caption from any token either way. The choice is made per forward
     (and kept for its backward's recomputation) from the input's shape."""
     n = dist.get_world_size(group)
-    if not getattr(model, "temporal", False):
-        raise ValueError(f"sequence parallelism is implemented for STDiT only, not {type(model).__name__}: sp_size=1")
-    heads = model.blocks[0].attn_temp.num_heads
-    if heads % n:
-        raise ValueError(f"sequence parallel: num_heads {heads} is not divisible by sp_size {n}")
-    T, H, W = (s // p for s, p in zip(model.input_size, model.patch_size))
-    if T % n and (H * W) % n:
-        raise ValueError(f"sequence parallel: neither the {T} frame tokens nor the {H * W} spatial tokens of input_size "
-                         f"{model.input_size} (latent, patch_size {model.patch_size}) are divisible by sp_size {n}")
+    check_sequence_parallel(type(model), model.blocks[0].attn_temp.num_heads if getattr(model, "temporal", False) else 0,
+                            [s // p for s, p in zip(model.input_size, model.patch_size)], n)
     split = dict(dim=1)  # 1: frames, 2: spatial tokens of x (B, T, S, C)
 
     def split_tokens(x, tpe):  # x (B, T, S, C), tpe (1, T, C) -> this rank's part of both

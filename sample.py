@@ -36,12 +36,13 @@ from tqdm import tqdm
 
 import parallel
 from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights
-from config import BadInput, load_config, one_line_errors, run_dtype, validate
-from data import write_video
+from config import load_config, validate
 from diffusion import build_scheduler
+from errors import BadInput, one_line_errors, run_dtype, write_atomic
 from model import PixArtMS, build_model
 from text import build_text_encoder
 from vae import build_vae
+from video import write_video
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -154,9 +155,7 @@ def versions():
 
 def write_json(path, obj):
     """Atomically: an interrupted run leaves no half-written sidecar."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
 def sha256(path):

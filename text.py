@@ -22,7 +22,7 @@ from html.parser import HTMLParser
 
 import torch
 
-from config import DTYPES
+from errors import DTYPES, pick
 
 try:  # v1.0's caption cleaning libraries, optional (caption cleaning below)
     import ftfy
@@ -303,11 +303,6 @@ TEXT_ENCODERS = {"t5": T5Encoder, "clip": ClipEncoder, "classes": ClassEncoder}
 def build_text_encoder(cfg, device=None, dtype=None):
     """cfg: dict with `type` (a key of TEXT_ENCODERS) and the class's keyword arguments, its dtype a name ("fp32",
     "bf16"); device overrides cfg's; dtype is the precision where cfg names none (none: fp32, v1.0's)."""
-    cfg = dict(cfg)
-    kind = cfg.pop("type", None)
-    if kind not in TEXT_ENCODERS:
-        raise ValueError(f"unknown text_encoder type {kind!r} (known: {', '.join(TEXT_ENCODERS)})")
-    if device is not None:
-        cfg["device"] = device
-    cfg["dtype"] = DTYPES[cfg["dtype"]] if "dtype" in cfg else dtype or torch.float32
-    return TEXT_ENCODERS[kind](**cfg)
+    cls = pick(TEXT_ENCODERS, "text_encoder", cfg)
+    args = {k: v for k, v in cfg.items() if k != "type"} | ({} if device is None else dict(device=device))
+    return cls(**args | dict(dtype=DTYPES[cfg["dtype"]] if "dtype" in cfg else dtype or torch.float32))

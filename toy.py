@@ -11,8 +11,9 @@ import sys
 
 import numpy as np
 
-from config import BadInput
-from data import csv_text, read_csv, read_video, to_uint8, write_atomic, write_video
+from data import csv_text, read_csv
+from errors import BadInput, one_line_errors, write_atomic
+from video import read_video, to_uint8, write_video
 
 def ensure_shapes(cfg):
     """The demo's toy set is written on first use: cfg["make_shapes"] clips and the CSV that data_path names (into a
@@ -27,7 +28,7 @@ COLOURS = dict(red=(255, 0, 0), green=(0, 255, 0), blue=(0, 0, 255), yellow=(255
 SHAPES = ("circle", "square")
 DIRECTIONS = dict(left=(-1, 0), right=(1, 0), up=(0, -1), down=(0, 1))  # (dx, dy), y downwards
 SHAPES_PROMPTS = [f"a {c} {s} moving {d}" for c in COLOURS for s in SHAPES for d in DIRECTIONS]
-SHAPES_FILE = re.compile(r"\d{5}\.mp4(\.tmp\d+\.mp4)?|.*\.csv\.tmp")  # what make_shapes writes (an interrupted one)
+SHAPES_FILE = re.compile(r"\d{5}\.mp4(\.tmp\d+)?|.*\.csv\.tmp\d+")  # what make_shapes writes (an interrupted one)
 
 
 def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
@@ -118,7 +119,6 @@ def judge_files(target):
 
 # ----------------------------------------------------------------------------- command line
 if __name__ == "__main__":
-    from config import one_line_errors
     sys.excepthook = one_line_errors  # bad input: one line, exit code 2 (NANOSORA_DEBUG=1: the traceback)
     parser = argparse.ArgumentParser(description="toy data and its judge")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,6 +1,7 @@
-"""Train a model of the zoo. Read top to bottom: config, distributed, data, encoders, model, optimizer, resume, loop.
+"""Train a model of the zoo. The step first (encode, train_step: what bench.py times too), then main(), read top to
+bottom: config, distributed, data, encoders, model, optimizer, resume, loop, samples.
 
-    torchrun --nproc_per_node 8 train.py configs/opensora/train/16x256x256.py --data_path=train.csv
+    torchrun --nproc_per_node 8 train.py configs/16x256.py --data_path=train.csv
     python train.py configs/shapes.py                      # the CPU demo
     python train.py configs/shapes.py --load=outputs/shapes  # resume from the newest checkpoint that loads
 """
@@ -12,212 +13,234 @@ import time
 import torch
 from tqdm import tqdm
 
-import data
-import toy
 import parallel
-import prepare
-from config import BadInput, load_config, one_line_errors, run_dtype, validate
-from diffusion import build_scheduler
+import sample
+import toy
+from cache import CachedDataset, build_cache, cache_complete, read_meta
 from checkpoints import fit, newest_that_loads, read_checkpoint, save_checkpoint
+from config import load_config, validate
+from data import video_dataset
+from diffusion import build_scheduler
+from errors import BadInput, one_line_errors, run_dtype, write_atomic
 from model import PixArtMS, build_model
 from text import build_text_encoder
 from vae import build_vae
 
-# ----------------------------------------------------------------------------- config
-sys.excepthook = one_line_errors  # bad input: one line, exit code 2 (NANOSORA_DEBUG=1: the traceback)
-if len(sys.argv) < 2:
-    raise BadInput("usage: [torchrun ...] train.py CONFIG.py [--key=value ...]")
-cfg = load_config(sys.argv[1], sys.argv[2:])
-run_dir = os.path.join(cfg["outputs"], os.path.splitext(os.path.basename(sys.argv[1]))[0])
-if cfg["load"]:  # a resumed run goes on in the folder of its checkpoints
-    run_dir = cfg["load"] if os.path.isdir(cfg["load"]) else os.path.dirname(cfg["load"]) or "."
-validate(cfg, "train", run_dir)  # every rule, before anything is written or loaded
-if cfg["load"]:  # read now, so that a bad file stops the run before the encoders load; a truncated one is skipped
-    load_path, ckpt = newest_that_loads(cfg["load"], read_checkpoint)
 
-# ----------------------------------------------------------------------------- distributed
-ctx = parallel.setup(cfg["sp_size"])
-device = ctx.device
-log = print if ctx.is_main else (lambda *a, **k: None)
-dtype = run_dtype(cfg["dtype"], device, log)  # CPU trains in fp32
-if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN autotuning for the VAE's convolutions
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
-
-# ----------------------------------------------------------------------------- data
-if ctx.is_main:
-    toy.ensure_shapes(cfg)  # the demo makes its own toy data set on first use
-parallel.barrier()
-if cfg["cache_dir"] and not data.cache_complete(cfg):  # every rank encodes its share of the shards
-    prepare.build_cache(cfg, device=device, rank=ctx.rank, world_size=ctx.world_size)
-parallel.barrier()  # on every rank: one that found the cache complete (the others' last shards renamed) waits too
-dataset = data.build_dataset(cfg)
-sampler = parallel.ShardedSampler(len(dataset), ctx.dp_rank, ctx.dp_size, seed=cfg["seed"])
-loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps DataLoader seeding off the global RNG (exact resume)
-loader = torch.utils.data.DataLoader(
-    dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["num_workers"], drop_last=True,
-    pin_memory=device.type == "cuda", generator=loader_gen, persistent_workers=False)
-steps_per_epoch = len(loader)
-if steps_per_epoch == 0:
-    raise BadInput(f"batch_size={cfg['batch_size']}: {cfg['data_path']}'s {len(dataset)} samples give no full batch "
-                   f"per rank ({ctx.dp_size} data-parallel ranks): lower batch_size")
-
-# ----------------------------------------------------------------------------- encoders
-vae = build_vae(cfg["vae"], device=device, dtype=dtype)
-text_encoder = None if cfg["cache_dir"] else build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
-input_size = (cfg["num_frames"], *cfg["image_size"])
-latent_size = vae.get_latent_size(input_size)
-
-# ----------------------------------------------------------------------------- model
-torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
-model_args = dict(input_size=latent_size, in_channels=vae.out_channels,  # from the encoders, as v1.0
-                  caption_channels=data.caption_channels(cfg, text_encoder),
-                  model_max_length=cfg["text_encoder"].get("model_max_length"))
-model = build_model(cfg["model"], **model_args, dtype=dtype).to(device, dtype).train()
-model.grad_checkpointing = cfg["grad_checkpoint"]
-if cfg["compile"] and device.type == "cuda" and ctx.sp_size == 1:  # bench.py's fast path. CPU: eager; sequence
-    model.compile_blocks()  # parallel: eager too (the all-to-all inside the blocks is not traced, nor tested compiled)
-    vae.compile_encoder()
-if ctx.sp_size > 1:
-    parallel.enable_sequence_parallel(model, ctx.sp_group)
-scheduler = build_scheduler(cfg["scheduler"])
-torch.manual_seed(cfg["seed"] + ctx.dp_rank)  # then per data-parallel rank: SP peers draw the same t, noise, dropout
-log(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, latent {tuple(latent_size)}, "
-    f"{ctx.world_size} ranks (dp {ctx.dp_size} x sp {ctx.sp_size}), {dtype}")
-
-# ----------------------------------------------------------------------------- optimizer
-params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-opt = parallel.ZeroAdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])  # sharded over all ranks
-log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master, AdamW moments, EMA: 1/{ctx.world_size} "
-    f"each)")
-
-
-def ema_state_dict():
-    """The EMA as a full fp32 STDiT state_dict on rank 0 (None elsewhere; every rank takes part in the gather). The
-    EMA lives in the optimizer, sharded, over the fp32 master weights; frozen parameters and buffers are the model's."""
-    ema = opt.full("ema")
-    if ema is None:
-        return None
-    return {k: ema.get(k, v.detach().float().cpu()) for k, v in model.state_dict().items()}
-
-# ----------------------------------------------------------------------------- resume
-step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
-if cfg["load"]:
-    fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
-    step, epoch, start = ckpt["step"], ckpt["epoch"], ckpt["start"]
-    torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
-    if device.type == "cuda" and "cuda_rng" in ckpt:
-        torch.cuda.set_rng_state(ckpt["cuda_rng"][ctx.dp_rank % len(ckpt["cuda_rng"])])
-    log(f"resumed from {load_path} at step {step} (epoch {epoch}, sample {start})")
-    del ckpt
-loss_txt = os.path.join(run_dir, "loss.txt")  # the loss curve, cut back to the step resumed from (a fresh run: empty)
-if ctx.is_main:
-    os.makedirs(run_dir, exist_ok=True)
-    with open(loss_txt + ".tmp", "w") as f:
-        for line in open(loss_txt) if os.path.exists(loss_txt) else []:  # (a line cut short by a kill has no newline)
-            if line.endswith("\n") and line.split(" ")[0].isdigit() and int(line.split(" ")[0]) <= step:
-                f.write(line)
-    os.replace(loss_txt + ".tmp", loss_txt)
-
-
-def checkpoint():
-    """Every rank takes part (the optimizer state is gathered); rank 0 writes, atomically."""
-    rng = parallel.all_gather_object(torch.get_rng_state(), ctx.dp_group)
-    state = dict(model=model.state_dict(), ema=ema_state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
-                 start=start, rng=rng, config=cfg)
-    if device.type == "cuda":
-        state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
-    if ctx.is_main:
-        log(f"saved {save_checkpoint(state, os.path.join(run_dir, f'step{step:07d}.pt'), cfg['keep_last'])}")
-    parallel.barrier()
-
-
-size_args = dict(data_info=PixArtMS.data_info(cfg["image_size"], device, dtype)) if cfg["multi_resolution"] else {}
-
-
-def encode(batch):
-    """(video, text) or cached (latent, y, mask) -> x0 (B,C,T,h,w) and the model's keyword arguments (y, and mask for
-    T5 captions, data_info for PixArtMS: every clip is cropped to image_size)."""
+# ----------------------------------------------------------------------------- the step
+def encode(batch, vae, text_encoder, device, dtype, size_args=None):
+    """A batch of (video, text), or cached (latent, y, mask) -> x0 (B, C, T, h, w) and the model's keyword arguments
+    (y; mask for T5 captions; data_info for PixArtMS, every clip cropped to image_size: size_args)."""
     if "latent" in batch:
         kwargs = {k: batch[k].to(device, dtype if batch[k].is_floating_point() else None) for k in ("y", "mask")
                   if k in batch}
-        return batch["latent"].to(device, dtype), kwargs | size_args
+        return batch["latent"].to(device, dtype), kwargs | (size_args or {})
     with torch.no_grad():
         x = vae.encode(batch["video"].to(device, dtype))
-        return x, text_encoder.encode(batch["text"]) | size_args
+        return x, text_encoder.encode(batch["text"]) | (size_args or {})
 
 
-# ----------------------------------------------------------------------------- loggers (optional, rank 0)
-loggers = []  # each called with (step, dict of scalars) every log_every steps, beside outputs/<run>/loss.txt
-try:
-    if cfg["wandb"] and ctx.is_main:
-        import wandb
-        wandb.init(project="nanosora", name=os.path.basename(run_dir), config=cfg, resume="allow")
-        loggers.append(lambda s, scalars: wandb.log(scalars, step=s))
+def train_step(model, opt, scheduler, x, model_kwargs, grad_clip, ema_decay, t=None, noise=None):
+    """One training step, the one train.py runs and bench.py times: the IDDPM loss at random timesteps t (or the given
+    ones), backward (ZeRO-2: each gradient bucket reduce-scattered on the way), the clipped AdamW update of this rank's
+    shard, the weights all-gathered, then the EMA of the fp32 master shard unless the update was skipped (a non-finite
+    gradient norm, the same on every rank). Returns (loss, grad_norm)."""
+    if t is None:
+        t = torch.randint(0, scheduler.num_timesteps, (x.shape[0],), device=x.device)
+    loss = scheduler.training_losses(model, x, t, model_kwargs, noise=noise)["loss"].mean()
+    opt.zero_grad()
+    loss.backward()
+    grad_norm = opt.step(grad_clip)
+    if math.isfinite(grad_norm):
+        opt.update_ema(ema_decay)  # (v1.0 skips pos_embed, a buffer here anyway)
+    return loss, grad_norm
+
+
+def main(argv):
+    # ------------------------------------------------------------------------- config
+    if len(argv) < 1:
+        raise BadInput("usage: [torchrun ...] train.py CONFIG.py [--key=value ...]")
+    cfg = load_config(argv[0], argv[1:])
+    run_dir = os.path.join(cfg["outputs"], os.path.splitext(os.path.basename(argv[0]))[0])
+    if cfg["load"]:  # a resumed run goes on in the folder of its checkpoints
+        run_dir = cfg["load"] if os.path.isdir(cfg["load"]) else os.path.dirname(cfg["load"]) or "."
+    validate(cfg, "train", run_dir)  # every rule, before anything is written or loaded
+    if cfg["load"]:  # read now, so that a bad file stops the run before the encoders load; a truncated one is skipped
+        load_path, ckpt = newest_that_loads(cfg["load"], read_checkpoint)
+
+    # ------------------------------------------------------------------------- distributed
+    ctx = parallel.setup(cfg["sp_size"])
+    device = ctx.device
+    log = print if ctx.is_main else (lambda *a, **k: None)
+    dtype = run_dtype(cfg["dtype"], device, log)  # CPU trains in fp32
+    if device.type == "cuda":  # tf32 for the fp32 parts (loss, optimizer), cuDNN autotuning for the VAE's convolutions
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+
+    # ------------------------------------------------------------------------- data
+    if ctx.is_main:
+        toy.ensure_shapes(cfg)  # the demo makes its own toy data set on first use
+    parallel.barrier()
+    if cfg["cache_dir"] and not cache_complete(cfg):  # every rank encodes its share of the shards
+        build_cache(cfg, device=device, rank=ctx.rank, world_size=ctx.world_size)
+    parallel.barrier()  # on every rank: one that found the cache complete (the others' last shards renamed) waits too
+    dataset = CachedDataset(cfg) if cfg["cache_dir"] else video_dataset(cfg)
+    sampler = parallel.ShardedSampler(len(dataset), ctx.dp_rank, ctx.dp_size, seed=cfg["seed"])
+    loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps DataLoader seeding off the global RNG (exact resume)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["num_workers"], drop_last=True,
+        pin_memory=device.type == "cuda", generator=loader_gen, persistent_workers=False)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise BadInput(f"batch_size={cfg['batch_size']}: {cfg['data_path']}'s {len(dataset)} samples give no full batch "
+                       f"per rank ({ctx.dp_size} data-parallel ranks): lower batch_size")
+
+    # ------------------------------------------------------------------------- encoders
+    vae = build_vae(cfg["vae"], device=device, dtype=dtype)
+    text_encoder = None if cfg["cache_dir"] else build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
+    input_size = (cfg["num_frames"], *cfg["image_size"])
+    latent_size = vae.get_latent_size(input_size)
+
+    # ------------------------------------------------------------------------- model
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
+    model_args = dict(input_size=latent_size, in_channels=vae.out_channels,  # from the encoders, as v1.0
+                      caption_channels=text_encoder.output_dim if text_encoder else read_meta(cfg)["caption_channels"],
+                      model_max_length=cfg["text_encoder"].get("model_max_length"))
+    model = build_model(cfg["model"], **model_args, dtype=dtype).to(device, dtype).train()
+    model.grad_checkpointing = cfg["grad_checkpoint"]
+    if cfg["compile"] and device.type == "cuda" and ctx.sp_size == 1:  # bench.py's fast path. CPU: eager; sequence
+        model.compile_blocks()  # parallel: eager too (the all-to-all inside the blocks is not traced, nor tested compiled)
+        vae.compile_encoder()
+    if ctx.sp_size > 1:
+        parallel.enable_sequence_parallel(model, ctx.sp_group)
+    scheduler = build_scheduler(cfg["scheduler"])
+    torch.manual_seed(cfg["seed"] + ctx.dp_rank)  # then per data-parallel rank: SP peers draw the same t, noise, dropout
+    log(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, latent {tuple(latent_size)}, "
+        f"{ctx.world_size} ranks (dp {ctx.dp_size} x sp {ctx.sp_size}), {dtype}")
+
+    # ------------------------------------------------------------------------- optimizer
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = parallel.ZeroAdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])  # sharded over all ranks
+    log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master, AdamW moments, EMA: 1/{ctx.world_size} "
+        f"each)")
+
+
+    def ema_state_dict():
+        """The EMA as a full fp32 STDiT state_dict on rank 0 (None elsewhere; every rank takes part in the gather). The
+        EMA lives in the optimizer, sharded, over the fp32 master weights; frozen parameters and buffers are the model's."""
+        ema = opt.full("ema")
+        if ema is None:
+            return None
+        return {k: ema.get(k, v.detach().float().cpu()) for k, v in model.state_dict().items()}
+
+    # ------------------------------------------------------------------------- resume
+    step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
+    if cfg["load"]:
+        fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
+        step, epoch, start = ckpt["step"], ckpt["epoch"], ckpt["start"]
+        torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
+        if device.type == "cuda" and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"][ctx.dp_rank % len(ckpt["cuda_rng"])])
+        log(f"resumed from {load_path} at step {step} (epoch {epoch}, sample {start})")
+        del ckpt
+    loss_txt = os.path.join(run_dir, "loss.txt")  # the loss curve, cut back to the step resumed from (a fresh run: empty)
+    if ctx.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        lines = open(loss_txt).readlines() if os.path.exists(loss_txt) else []  # (a line a kill cut short: no "\n")
+        kept = [n for n in lines if n.endswith("\n") and n.split(" ")[0].isdigit() and int(n.split(" ")[0]) <= step]
+        write_atomic(loss_txt, "".join(kept))
+
+
+    def checkpoint():
+        """Every rank takes part (the optimizer state is gathered); rank 0 writes, atomically."""
+        rng = parallel.all_gather_object(torch.get_rng_state(), ctx.dp_group)
+        state = dict(model=model.state_dict(), ema=ema_state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
+                     start=start, rng=rng, config=cfg)
+        if device.type == "cuda":
+            state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
+        if ctx.is_main:
+            log(f"saved {save_checkpoint(state, os.path.join(run_dir, f'step{step:07d}.pt'), cfg['keep_last'])}")
+        parallel.barrier()
+
+
+    size_args = dict(data_info=PixArtMS.data_info(cfg["image_size"], device, dtype)) if cfg["multi_resolution"] else {}
+
+
+    # ------------------------------------------------------------------------- loggers (optional, rank 0)
+    loggers = []  # each called with (step, dict of scalars) every log_every steps, beside outputs/<run>/loss.txt
+    try:
+        if cfg["wandb"] and ctx.is_main:
+            import wandb
+            wandb.init(project="nanosora", name=os.path.basename(run_dir), config=cfg, resume="allow")
+            loggers.append(lambda s, scalars: wandb.log(scalars, step=s))
+        if cfg["tensorboard"] and ctx.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            loggers.append(lambda s, scalars: [writer.add_scalar(k, v, s) for k, v in scalars.items()])
+    except ImportError as e:
+        raise BadInput(f"wandb/tensorboard is on in the config but cannot be imported ({e}): pip install it or turn it "
+                       "off") from e
+
+    # ------------------------------------------------------------------------- loop
+    max_steps = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
+    bad_steps = bad_in_a_row = 0
+    bar = tqdm(total=max_steps, initial=step, disable=not ctx.is_main, dynamic_ncols=True)
+    t_last, n_last = time.time(), step
+    while step < max_steps:
+        sampler.set_epoch(epoch, start=start)
+        dataset.set_epoch(epoch)  # temporal windows and flips are drawn from (seed, epoch, index)
+        for batch in loader:
+            x, model_kwargs = encode(batch, vae, text_encoder, device, dtype, size_args)
+            loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"], cfg["ema_decay"])
+            start += cfg["batch_size"]
+            step += 1
+            if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
+                bad_steps += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= cfg["max_bad_steps"]:
+                    sys.exit(f"step {step}: {bad_in_a_row} non-finite losses/gradients in a row; stopping "
+                             f"(lower lr, check the data, or --load the last good checkpoint)")
+            else:
+                bad_in_a_row = 0
+            if step % cfg["log_every"] == 0 or step == max_steps:
+                loss_avg = parallel.all_reduce_mean(loss.detach())
+                if ctx.is_main:  # a plain loss curve next to the checkpoints
+                    with open(loss_txt, "a") as f:
+                        f.write(f"{step} {loss_avg!r}\n")
+                rate = (step - n_last) * cfg["batch_size"] * ctx.dp_size / (time.time() - t_last)
+                t_last, n_last = time.time(), step
+                for log_scalars in loggers:
+                    log_scalars(step, dict(loss=loss_avg, grad_norm=grad_norm, samples_per_s=rate))
+                bar.set_postfix(loss=f"{loss_avg:.4f}", epoch=epoch, gnorm=f"{grad_norm:.2f}", samples_s=f"{rate:.1f}",
+                                bad_files=dataset.num_skipped, bad_steps=bad_steps)
+            bar.update(1)
+            if step % cfg["ckpt_every"] == 0 or step == max_steps:
+                checkpoint()
+            if step >= max_steps:
+                break
+        else:  # epoch finished
+            epoch, start = epoch + 1, 0
+    bar.close()
     if cfg["tensorboard"] and ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-        loggers.append(lambda s, scalars: [writer.add_scalar(k, v, s) for k, v in scalars.items()])
-except ImportError as e:
-    raise BadInput(f"wandb/tensorboard is on in the config but cannot be imported ({e}): pip install it or turn it "
-                   "off") from e
+        writer.close()
 
-# ----------------------------------------------------------------------------- loop
-max_steps = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
-bad_steps = bad_in_a_row = 0
-bar = tqdm(total=max_steps, initial=step, disable=not ctx.is_main, dynamic_ncols=True)
-t_last, n_last = time.time(), step
-while step < max_steps:
-    sampler.set_epoch(epoch, start=start)
-    dataset.set_epoch(epoch)  # temporal windows and flips are drawn from (seed, epoch, index)
-    for batch in loader:
-        x, model_kwargs = encode(batch)
-        loss, grad_norm = parallel.train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"], cfg["ema_decay"])
-        start += cfg["batch_size"]
-        step += 1
-        if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
-            bad_steps += 1
-            bad_in_a_row += 1
-            if bad_in_a_row >= cfg["max_bad_steps"]:
-                sys.exit(f"step {step}: {bad_in_a_row} non-finite losses/gradients in a row; stopping "
-                         f"(lower lr, check the data, or --load the last good checkpoint)")
-        else:
-            bad_in_a_row = 0
-        if step % cfg["log_every"] == 0 or step == max_steps:
-            loss_avg = parallel.all_reduce_mean(loss.detach())
-            if ctx.is_main:  # a plain loss curve next to the checkpoints
-                with open(loss_txt, "a") as f:
-                    f.write(f"{step} {loss_avg!r}\n")
-            rate = (step - n_last) * cfg["batch_size"] * ctx.dp_size / (time.time() - t_last)
-            t_last, n_last = time.time(), step
-            for log_scalars in loggers:
-                log_scalars(step, dict(loss=loss_avg, grad_norm=grad_norm, samples_per_s=rate))
-            bar.set_postfix(loss=f"{loss_avg:.4f}", epoch=epoch, gnorm=f"{grad_norm:.2f}", samples_s=f"{rate:.1f}",
-                            bad_files=dataset.num_skipped, bad_steps=bad_steps)
-        bar.update(1)
-        if step % cfg["ckpt_every"] == 0 or step == max_steps:
-            checkpoint()
-        if step >= max_steps:
-            break
-    else:  # epoch finished
-        epoch, start = epoch + 1, 0
-bar.close()
-if cfg["tensorboard"] and ctx.is_main:
-    writer.close()
+    # ------------------------------------------------------------------------- samples at the end
+    ema_sd = ema_state_dict() if cfg["eval_prompts"] else None
+    if ctx.is_main and ema_sd:
+        ema = build_model(cfg["model"] | dict(from_pretrained=None), **model_args)
+        ema.load_state_dict(ema_sd)
+        ema = ema.to(device).eval()
+        text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
+        prompts = list(cfg["eval_prompts"])
+        for path in sample.generate(cfg, ema, vae, text_encoder, prompts, [cfg["seed"] + k for k in range(len(prompts))],
+                                    os.path.join(run_dir, "samples"), device, dtype, dict(weights=dict(run=run_dir,
+                                    step=step, ema=True))):
+            log(path)
+    parallel.cleanup()
 
-# ----------------------------------------------------------------------------- samples at the end
-ema_sd = ema_state_dict() if cfg["eval_prompts"] else None
-if ctx.is_main and ema_sd:
-    import sample
-    ema = build_model(cfg["model"] | dict(from_pretrained=None), **model_args)
-    ema.load_state_dict(ema_sd)
-    ema = ema.to(device).eval()
-    text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
-    prompts = list(cfg["eval_prompts"])
-    for path in sample.generate(cfg, ema, vae, text_encoder, prompts, [cfg["seed"] + k for k in range(len(prompts))],
-                                os.path.join(run_dir, "samples"), device, dtype, dict(weights=dict(run=run_dir,
-                                step=step, ema=True))):
-        log(path)
-parallel.cleanup()
+
+if __name__ == "__main__":
+    sys.excepthook = one_line_errors  # bad input: one line, exit code 2 (NANOSORA_DEBUG=1: the traceback)
+    main(sys.argv[1:])

@@ -14,9 +14,12 @@ import inspect
 import torch
 import torch.nn as nn
 
+from errors import pick
+
 # Stable Diffusion's latent scale: makes the latents roughly unit-variance. v1.0 hard-codes it rather than
 # reading the checkpoint's config, and so do we (the SD VAEs all say 0.18215).
 SCALE = 0.18215
+SD_BLOCKS = dict(block_out_channels=(128, 256, 512, 512))  # stabilityai/sd-vae-ft-ema's encoder: 8x down-sampling
 
 
 def latent_size(input_size, patch_size):
@@ -70,8 +73,14 @@ class VideoAutoencoderKL(nn.Module):
         nn.Module.to(self.module, device, dtype).eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
         self.out_channels = self.module.config.latent_channels
-        factor = 2 ** (len(self.module.config.block_out_channels) - 1)
-        self.patch_size = (1, factor, factor)  # v1.0 writes (1, 8, 8): the SD VAE's factor
+        self.patch_size = self.down_sampling(self.module.config)  # v1.0 writes (1, 8, 8): the SD VAE's factor
+
+    @staticmethod
+    def down_sampling(config=None):
+        """(T, H, W) pixels per latent of a VAE with this `config` (None: the released SD VAE's): each encoder block
+        but the last halves H and W (what config.validate checks the sizes against, before any VAE loads)."""
+        factor = 2 ** (len((config or SD_BLOCKS).get("block_out_channels", (64,))) - 1)
+        return (1, factor, factor)
 
     def get_latent_size(self, input_size):
         return latent_size(input_size, self.patch_size)
@@ -133,6 +142,10 @@ class IdentityVAE(nn.Module):
     out_channels = 3
     patch_size = (1, 1, 1)
 
+    @staticmethod
+    def down_sampling(config=None):
+        return IdentityVAE.patch_size
+
     def __init__(self, scale=1.0, dtype=None, device=None):  # dtype, device: build_vae passes them to every VAE
         super().__init__()
         self.scale = scale
@@ -160,12 +173,6 @@ VAES = {"VideoAutoencoderKL": VideoAutoencoderKL, "VideoAutoencoderKLTemporalDec
 
 def build_vae(cfg, device=None, dtype=None):
     """cfg: dict with `type` (a key of VAES) and that class's keyword arguments; device/dtype override cfg's."""
-    cfg = dict(cfg)
-    kind = cfg.pop("type", None)
-    if kind not in VAES:
-        raise ValueError(f"unknown vae type {kind!r} (known: {', '.join(VAES)})")
-    if device is not None:
-        cfg["device"] = device
-    if dtype is not None:
-        cfg["dtype"] = dtype
-    return VAES[kind](**cfg)
+    cls = pick(VAES, "vae", cfg)
+    return cls(**{k: v for k, v in cfg.items() if k != "type"} | {k: v for k, v in dict(device=device, dtype=dtype).items()
+                                                                  if v is not None})
