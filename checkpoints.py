@@ -9,6 +9,7 @@ A file that cannot be used raises BadInput naming it and why.
 """
 import os
 import re
+import socket
 import sys
 
 import torch
@@ -53,7 +54,8 @@ def resolve_weights(name, download=True):
     owner, repo, *file = source.split("/")  # a Hugging Face repo, or repo/file
     repo, file = f"{owner}/{repo}", file[0] if file else base
     url = source if source.startswith("https://") else f"https://huggingface.co/{repo}/resolve/main/{file}"
-    try:
+    try:  # a quick look first: offline, the hub's client retries for half a minute before it gives up
+        socket.create_connection((url.split("/")[2], 443), timeout=5).close()
         if source.startswith("https://"):  # torch writes a temporary file and renames it when complete
             os.makedirs("pretrained_models", exist_ok=True)
             torch.hub.download_url_to_file(url, os.path.join("pretrained_models", base))
@@ -62,7 +64,8 @@ def resolve_weights(name, download=True):
         return hf_hub_download(repo, file)
     except Exception as e:  # offline, network, auth: one line saying what to do instead
         raise BadInput(f"model weights {name!r}: not found locally and the download failed "
-                       f"({type(e).__name__}): get {url} and pass its path") from e
+                       f"({type(e).__name__}): get {url} and pass its path (sample.py --ckpt-path PATH, train.py "
+                       "--model.from_pretrained=PATH)") from e
 
 
 def checkpoint_files(path):

@@ -193,7 +193,7 @@ def parse_args(argv):
     --prompt_path); every '--key=value' that is not a flag is an override, spaces and all (argparse alone would take
     "--image_size=(512, 512)" for a prompt); a word that is neither is an error, not a silent prompt."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+                                     allow_abbrev=False, exit_on_error=False)
     parser.add_argument("prompts", nargs="*", help="a config file (.py) first if no --config, then text prompts")
     names = set()
     for key, (v1, kind, what) in FLAGS.items():
@@ -205,7 +205,10 @@ def parse_args(argv):
     names.add("--overwrite")
     cut = argv.index("--") if "--" in argv else len(argv)  # the prompts after '--' may start with '-'
     overrides = [a for a in argv[:cut] if a.startswith("--") and "=" in a and a.split("=")[0] not in names]
-    args, unknown = parser.parse_known_intermixed_args([a for a in argv[:cut] if a not in overrides])
+    try:
+        args, unknown = parser.parse_known_intermixed_args([a for a in argv[:cut] if a not in overrides])
+    except argparse.ArgumentError as e:  # a flag's bad value (--seed abc): one line, not the usage text
+        raise BadInput(f"sample.py {e} (sample.py --help lists the flags)") from e
     if unknown:
         bad = unknown[0]
         raise BadInput(f"{bad!r} is not a flag of sample.py nor an override --key=value: prompts go before the "
