@@ -6,6 +6,7 @@ when FIXTURES is set but a file is missing. Multi-process tests use gloo through
 import ast
 import csv
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -431,6 +432,7 @@ def test_resolve_weights_released_files(monkeypatch, tmp_path):
     """DiT's files come from Meta's URL into ./pretrained_models/ (as v1.0), Latte's from its hub repo under another name."""
     import huggingface_hub
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(CK.socket, "create_connection", lambda *a, **k: io.BytesIO())  # "online"
     got = []
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst: got.append((url, dst)))
     assert resolve_weights("DiT-XL-2-256x256.pt") == os.path.join("pretrained_models", "DiT-XL-2-256x256.pt")
@@ -446,11 +448,19 @@ def test_resolve_weights_hub(monkeypatch, tmp_path):
     def offline(repo, filename):
         raise OSError("no network")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(CK.socket, "create_connection", lambda *a, **k: io.BytesIO())  # "online"
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(BadInput, match=r"huggingface\.co/hpcai-tech/Open-Sora/.*OpenSora-v1-HQ-16x256x256"):
         resolve_weights("OpenSora-v1-HQ-16x256x256.pth")
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, filename: f"/cache/{repo}/{filename}")
     assert resolve_weights("PixArt-XL-2-512x512.pth") == "/cache/PixArt-alpha/PixArt-alpha/PixArt-XL-2-512x512.pth"
+
+    def unreachable(address, timeout):  # offline: the host is not even tried by the hub's retrying client
+        assert address == ("huggingface.co", 443) and timeout <= 5
+        raise socket.gaierror("no network")
+    monkeypatch.setattr(CK.socket, "create_connection", unreachable)
+    with pytest.raises(BadInput, match=r"download failed \(gaierror\).*--ckpt-path PATH"):
+        resolve_weights("PixArt-XL-2-512x512.pth")
 
 
 def bad_input(fn, *args, **kwargs):
