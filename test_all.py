@@ -67,11 +67,7 @@ def rel_err(got, ref):
     return ((got - ref).norm() / ref.norm()).item()
 
 
-# ============================================================================= model.py
-TINY = dict(input_size=(4, 8, 8), in_channels=4, depth=2, hidden_size=64, num_heads=4, caption_channels=32,
-            model_max_length=8)
-
-
+# ============================================================================= helpers shared by several sections
 def randomized(model, seed=0):
     """Every parameter ~ N(0, 0.05^2): the zero-initialised layers count in the comparisons too."""
     g = torch.Generator().manual_seed(seed)
@@ -79,6 +75,325 @@ def randomized(model, seed=0):
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return model
+
+
+def bad_input(fn, *args, **kwargs):
+    """The message of the BadInput that fn raises: one line (the entry points print it alone, exit code 2)."""
+    with pytest.raises(BadInput) as error:
+        fn(*args, **kwargs)
+    assert "\n" not in str(error.value), str(error.value)
+    return str(error.value)
+
+
+def check(name, got, ref, tol=1e-5):
+    err = rel_err(got, ref)
+    print(f"{name}: rel err {err:.2e}")
+    assert err < tol, f"{name}: relative error {err:.2e} >= {tol}"
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture
+def short_keys():
+    """Restore model.SHORT_KEYS after a test that switches the attention path."""
+    old = L.SHORT_KEYS
+    yield
+    L.SHORT_KEYS = old
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    return V.build_vae(TINY_VAE)
+
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return str(path)
+
+
+def write_png(path, rgb):
+    with av.open(str(path), "w", format="image2") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
+        c.mux(s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        c.mux(s.encode())
+    return str(path)
+
+
+def pan_frames(T=150, H=48, W=64):
+    """Frames that all differ (red shifts by 8 levels a frame): a wrong frame cannot pass for the right one."""
+    y, x = np.mgrid[0:H, 0:W]
+    return np.stack([np.stack([(x * 4 + t * 8) % 256, (y * 5 + t * 3) % 256, np.full_like(x, t * 255 // T)], -1)
+                     for t in range(T)]).astype(np.uint8)
+
+
+TINY_ST = dict(input_size=(4, 8, 8), in_channels=4, patch_size=(1, 2, 2), hidden_size=32, depth=2, num_heads=4,
+               caption_channels=16, model_max_length=8, class_dropout_prob=0)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, sp_size, fn, args, out_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = parallel.setup(sp_size)
+    try:
+        torch.save(fn(ctx, *args), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        parallel.cleanup()
+
+
+def spawn(fn, world, tmp_path, *args, sp_size=1):
+    """Run fn(ctx, *args) on `world` gloo processes; returns each rank's result."""
+    mp.spawn(_worker, args=(world, free_port(), sp_size, fn, args, str(tmp_path)), nprocs=world)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def run_train(tmp, *args, env=None):
+    cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), *TINY_TRAIN,
+           f"--data_path={tmp}/data/train.csv", f"--cache_dir={tmp}/data/cache", *args]
+    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def losses(run_dir):
+    return {int(s): float(v) for s, v in (line.split() for line in open(run_dir / "loss.txt"))}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """6 uninterrupted steps (checkpoints at 3 and 6) of the demo config at toy size."""
+    tmp = tmp_path_factory.mktemp("train")
+    run_train(tmp, "--max_steps=6", "--ckpt_every=3", f"--outputs={tmp}/a")
+    return tmp
+
+
+# ============================================================================= errors.py: the ground floor (one-line errors on every entry point, dtypes, no import cycle)
+def test_no_import_cycle_and_errors_is_the_ground():
+    """Every import between product files points down, also those inside functions; errors.py imports none of ours."""
+    files = sorted(p for p in ROOT.glob("*.py") if p.name != "test_all.py")
+    ours = {p.stem for p in files}
+    graph = {p.stem: {a.name.split(".")[0] for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Import)
+                      for a in n.names} | {n.module.split(".")[0] for n in ast.walk(ast.parse(p.read_text()))
+                                           if isinstance(n, ast.ImportFrom) and n.module} for p in files}
+    graph = {m: sorted(deps & ours - {m}) for m, deps in graph.items()}
+    assert graph["errors"] == [] and "model" in graph["train"] and "errors" in graph["model"]  # the walk sees imports
+    done, path = set(), []
+
+    def visit(m):
+        assert m not in path, "import cycle: " + " -> ".join(path[path.index(m):] + [m])
+        if m not in done:
+            path.append(m)
+            for d in graph[m]:
+                visit(d)
+            path.pop()
+            done.add(m)
+    for m in graph:
+        visit(m)
+
+
+def test_run_dtype_fp16_without_bf16(monkeypatch):
+    said = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    assert errors.run_dtype("bf16", torch.device("cuda"), said.append) == torch.float16 and "no bf16" in said[0]
+    assert errors.run_dtype("fp32", torch.device("cuda"), said.append) == torch.float32 and len(said) == 1
+    assert errors.run_dtype("bf16", torch.device("cpu")) == torch.float32
+
+
+def test_reliability_entry_points_print_one_line(tmp_path, monkeypatch, capsys):
+    """Bad input prints one line, exits with code 2 and writes nothing (train.py, run as a program); sample.py and
+    prepare.py install the same excepthook; NANOSORA_DEBUG=1 shows the traceback instead."""
+    shapes = str(ROOT / "configs/shapes.py")
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), shapes, "--batch_size=0"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", "error: batch_size=0: give a whole number >= 1\n")
+    assert not os.listdir(tmp_path)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    monkeypatch.chdir(tmp_path)
+    for argv, message in [(["sample.py", "--config", shapes, "-x"], "'-x' is not a flag of sample.py"),
+                          (["sample.py", "--seed", "abc"], r"argument --seed: invalid int value: 'abc' \(sample.py"),
+                          (["train.py", str(ROOT / "configs/16x256.py")], r"data_path='CSV_PATH': set --data_path"),
+                          (["prepare.py", "cache", "nope.py"], "nope.py: no such config file")]:
+        monkeypatch.setattr(sys, "argv", argv)
+        sys.excepthook = sys.__excepthook__
+        with pytest.raises(BadInput, match=message):
+            runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+        assert sys.excepthook is one_line_errors, argv[0]
+    try:
+        raise BadInput("batch_size=0: give a whole number >= 1")
+    except BadInput as e:
+        error = e
+    monkeypatch.setenv("NANOSORA_DEBUG", "1")
+    one_line_errors(BadInput, error, error.__traceback__)
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.delenv("NANOSORA_DEBUG")
+    with pytest.raises(SystemExit, match="2"):
+        one_line_errors(PermissionError, PermissionError(13, "Permission denied"), None)
+    assert capsys.readouterr().err == "error: PermissionError: [Errno 13] Permission denied\n"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))  # torchrun prints its message last
+    with pytest.raises(SystemExit, match="2"):
+        one_line_errors(BadInput, error, None)
+    assert json.loads((tmp_path / "error.json").read_text())["message"] == "error: batch_size=0: give a whole number >= 1"
+
+
+# ============================================================================= layers.py and attention_kernel.py: attention (SDPA, flash packing, the short-sequence kernel)
+def math_attention(q, k, v, mask=None):
+    """v1.0's semantics written out: per sample, its kept keys only, softmax(q k^T / sqrt(D)) v in float32."""
+    outs = []
+    for b in range(q.shape[0]):
+        keep = slice(None) if mask is None else mask[b]
+        kb, vb = k[b, keep].float(), v[b, keep].float()  # (M', H, D)
+        if kb.shape[0] == 0:
+            outs.append(torch.zeros_like(q[b], dtype=torch.float32))
+            continue
+        s = torch.einsum("nhd,mhd->hnm", q[b].float(), kb) / q.shape[-1] ** 0.5
+        outs.append(torch.einsum("hnm,mhd->nhd", s.softmax(-1), vb))
+    return torch.stack(outs)
+
+
+def test_attention_matches_math():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, n, 2, 8, generator=g) for n in (5, 7, 7))
+    masks = {"none": None,
+             "prefix": torch.tensor([[1] * 7, [1] * 3 + [0] * 4, [1] * 5 + [0] * 2, [1] + [0] * 6]).bool(),
+             "non-prefix": torch.tensor([[1, 0, 1, 1, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1], [0, 1] * 3 + [1],
+                                         [1, 1, 0, 1, 1, 0, 1]]).bool(),
+             "empty row": torch.tensor([[1] * 7, [0] * 7, [1, 0, 0, 1, 0, 0, 0], [0] * 7]).bool()}
+    for name, mask in masks.items():
+        got, ref = attention(q, k, v, mask), math_attention(q, k, v, mask)
+        assert not got.isnan().any(), name
+        assert torch.allclose(got, ref, atol=1e-6, rtol=1e-5), (name, (got - ref).abs().max())
+    got = attention(q, k, v, masks["empty row"])
+    assert torch.equal(got[1], torch.zeros_like(got[1])) and got[0].abs().sum() > 0
+
+
+def test_attention_flash_packing(monkeypatch):
+    """The flash-attn branch's varlen packing (cu_seqlens, kept keys), run on the CPU through stand-ins that follow
+    flash-attn's documented API; the real kernels are checked by test_attention_flash_matches_math on CUDA."""
+    def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
+        assert max_q == int((cu_q[1:] - cu_q[:-1]).max()) and max_k >= int((cu_k[1:] - cu_k[:-1]).max())
+        outs = [math_attention(q[None, a:b], k[None, c:d], v[None, c:d])[0]
+                for a, b, c, d in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(), cu_k[1:].tolist())]
+        return torch.cat(outs)
+    monkeypatch.setattr(L, "use_flash", lambda q: True)
+    monkeypatch.setattr(L, "flash_attn_func", lambda q, k, v: math_attention(q, k, v))
+    monkeypatch.setattr(L, "flash_attn_varlen_func", fake_varlen)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, n, 2, 8, generator=g) for n in (5, 6, 6))
+    for mask in (None, torch.tensor([[1, 0, 1, 1, 0, 1], [0] * 6, [1] * 6]).bool()):
+        assert torch.allclose(attention(q, k, v, mask), math_attention(q, k, v, mask), atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or L.flash_attn_func is None,
+                    reason="flash-attn path needs CUDA and the flash_attn package")
+def test_attention_flash_matches_math():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, n, 2, 64, generator=g).cuda().bfloat16() for n in (33, 9, 9))
+    mask = torch.tensor([[1] * 9, [1, 0, 1, 0, 0, 1, 1, 0, 0], [0] * 9]).bool().cuda()
+    for m in (None, mask):
+        assert rel_err(attention(q, k, v, m), math_attention(q, k, v, m)) < 2e-2
+
+
+def reference_attention(q, k, v, mask=None):  # float64, (B, N, H, D) layout, written independently of model.py
+    s = torch.einsum("bnhd,bmhd->bhnm", q.double(), k.double()) / q.shape[-1] ** 0.5
+    if mask is not None:
+        s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return torch.einsum("bhnm,bmhd->bnhd", s.softmax(-1), v.double())
+
+
+@pytest.mark.parametrize("N,K", [(16, 16), (5, 32), (33, 33)])
+def test_short_attention_matches_sdpa(short_keys, N, K):
+    """The written-out path (M <= SHORT_KEYS, no mask) and the SDPA path compute the same function."""
+    g = torch.Generator().manual_seed(N * 100 + K)
+    q, k, v = (torch.randn(3, n, 4, 24, generator=g) for n in (N, K, K))
+    L.SHORT_KEYS = 32
+    fast = L.attention(q, k, v)
+    L.SHORT_KEYS = 0
+    plain = L.attention(q, k, v)
+    ref = reference_attention(q, k, v)
+    assert rel(fast.double(), ref) < 1e-6 and rel(plain.double(), ref) < 1e-6
+    assert fast.shape == (3, N, 4, 24)
+
+
+def test_short_attention_gradients(short_keys):
+    q, k, v = (torch.randn(2, 16, 3, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    grads = []
+    for short in (32, 0):
+        L.SHORT_KEYS = short
+        out = L.attention(q, k, v)
+        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view(out.shape).double()).sum(),
+                                         (q, k, v)))
+    for a, b in zip(*grads):  # the short path's scores are fp32 (v1.0's softmax precision): ~1e-7 apart
+        assert rel(a, b) < 1e-6
+
+
+def test_masked_attention_not_short(short_keys):
+    """A mask (cross-attention) never takes the short path; kept keys only, an empty row gives zeros."""
+    L.SHORT_KEYS = 32
+    q, k, v = torch.randn(2, 10, 2, 8), torch.randn(2, 6, 2, 8), torch.randn(2, 6, 2, 8)
+    mask = torch.tensor([[1, 1, 0, 1, 0, 0], [0] * 6], dtype=torch.bool)
+    out = L.attention(q, k, v, mask)
+    assert rel(out[0].double(), reference_attention(q[:1], k[:1], v[:1], mask[:1])[0]) < 1e-6
+    assert out[1].abs().max() == 0
+
+
+def test_short_attention_kernel(monkeypatch):
+    """attention_kernel.py's fused kernel (CUDA) run by Triton's interpreter on the CPU: the same SelfAttention outputs
+    and gradients as the plain path (odd lengths and head sizes, both seq_dims), and v1.0's numbers (stdit_tiny_ref.pt,
+    whose 4 frames and 16 spatial tokens both take the kernel). Without TRITON_INTERPRET it reruns itself under it."""
+    import attention_kernel as kernels
+    if kernels.triton is None:
+        pytest.skip("triton not installed (CUDA machines have it; `pip install triton` to run its interpreter here)")
+    if not os.environ.get("TRITON_INTERPRET"):  # the kernels were compiled for CUDA at import: a fresh process
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_short_attention_kernel"]
+        run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return
+    monkeypatch.setattr(kernels, "fits", lambda x, n, heads: n <= kernels.MAX_KEYS)  # CPU tensors, any dtype
+    calls, kernel = [], kernels.short_attention
+    monkeypatch.setattr(kernels, "short_attention", lambda *a: calls.append(a[1:]) or kernel(*a))
+    g = torch.Generator().manual_seed(0)
+    for shape, seq_dim in (((2, 5, 3, 48), 1), ((2, 5, 3, 48), 2), ((2, 33, 48), 1)):
+        attn = L.SelfAttention(48, 2)
+        x = torch.randn(*shape, generator=g, requires_grad=True)
+        w = torch.randn(shape, generator=g)
+        runs = []
+        for max_keys in (64, 0):  # kernel, plain
+            monkeypatch.setattr(kernels, "MAX_KEYS", max_keys)
+            out = attn(x, seq_dim)
+            runs.append((out, *torch.autograd.grad((out * w).sum(), [x, *attn.parameters()])))
+        for a, b in zip(*runs):
+            assert a.shape == b.shape and rel(a.double(), b.double()) < 1e-5
+    ref = load_fixture("stdit_tiny_ref.pt")
+    m = M.STDiT(**ref["config"]).train()
+    m.load_state_dict(ref["state_dict"])
+    m.y_embedder.dropout_prob = 0.0
+    runs = []
+    for max_keys in (64, 0):
+        monkeypatch.setattr(kernels, "MAX_KEYS", max_keys)
+        m.zero_grad()
+        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        runs.append((out.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])))
+    assert rel(runs[0][0], ref["out"]) < 1e-5
+    assert rel(runs[0][0], runs[1][0]) < 1e-6 and rel(runs[0][1], runs[1][1]) < 1e-5
+    # the kernel did run: for the 3 SelfAttention cases, then for the spatial and the temporal attention of each block
+    assert calls == [(2, 1), (2, 2), (2, 1)] + [(ref["config"]["num_heads"], d) for d in (2, 1)] * ref["config"]["depth"]
+
+
+# ============================================================================= model.py: STDiT and the zoo against v1.0, fast paths equal to the plain path, bad input
+TINY = dict(input_size=(4, 8, 8), in_channels=4, depth=2, hidden_size=64, num_heads=4, caption_channels=32,
+            model_max_length=8)
 
 
 def tiny_inputs(B=2, L=8, seed=0, cfg=TINY):
@@ -231,63 +546,6 @@ def test_stdit_mask_cases_match_v1_fixture():
     assert all(e < 1e-5 for e in errs.values()), errs
 
 
-def math_attention(q, k, v, mask=None):
-    """v1.0's semantics written out: per sample, its kept keys only, softmax(q k^T / sqrt(D)) v in float32."""
-    outs = []
-    for b in range(q.shape[0]):
-        keep = slice(None) if mask is None else mask[b]
-        kb, vb = k[b, keep].float(), v[b, keep].float()  # (M', H, D)
-        if kb.shape[0] == 0:
-            outs.append(torch.zeros_like(q[b], dtype=torch.float32))
-            continue
-        s = torch.einsum("nhd,mhd->hnm", q[b].float(), kb) / q.shape[-1] ** 0.5
-        outs.append(torch.einsum("hnm,mhd->nhd", s.softmax(-1), vb))
-    return torch.stack(outs)
-
-
-def test_attention_matches_math():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(4, n, 2, 8, generator=g) for n in (5, 7, 7))
-    masks = {"none": None,
-             "prefix": torch.tensor([[1] * 7, [1] * 3 + [0] * 4, [1] * 5 + [0] * 2, [1] + [0] * 6]).bool(),
-             "non-prefix": torch.tensor([[1, 0, 1, 1, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1], [0, 1] * 3 + [1],
-                                         [1, 1, 0, 1, 1, 0, 1]]).bool(),
-             "empty row": torch.tensor([[1] * 7, [0] * 7, [1, 0, 0, 1, 0, 0, 0], [0] * 7]).bool()}
-    for name, mask in masks.items():
-        got, ref = attention(q, k, v, mask), math_attention(q, k, v, mask)
-        assert not got.isnan().any(), name
-        assert torch.allclose(got, ref, atol=1e-6, rtol=1e-5), (name, (got - ref).abs().max())
-    got = attention(q, k, v, masks["empty row"])
-    assert torch.equal(got[1], torch.zeros_like(got[1])) and got[0].abs().sum() > 0
-
-
-def test_attention_flash_packing(monkeypatch):
-    """The flash-attn branch's varlen packing (cu_seqlens, kept keys), run on the CPU through stand-ins that follow
-    flash-attn's documented API; the real kernels are checked by test_attention_flash_matches_math on CUDA."""
-    def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
-        assert max_q == int((cu_q[1:] - cu_q[:-1]).max()) and max_k >= int((cu_k[1:] - cu_k[:-1]).max())
-        outs = [math_attention(q[None, a:b], k[None, c:d], v[None, c:d])[0]
-                for a, b, c, d in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(), cu_k[1:].tolist())]
-        return torch.cat(outs)
-    monkeypatch.setattr(L, "use_flash", lambda q: True)
-    monkeypatch.setattr(L, "flash_attn_func", lambda q, k, v: math_attention(q, k, v))
-    monkeypatch.setattr(L, "flash_attn_varlen_func", fake_varlen)
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, n, 2, 8, generator=g) for n in (5, 6, 6))
-    for mask in (None, torch.tensor([[1, 0, 1, 1, 0, 1], [0] * 6, [1] * 6]).bool()):
-        assert torch.allclose(attention(q, k, v, mask), math_attention(q, k, v, mask), atol=1e-6)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available() or L.flash_attn_func is None,
-                    reason="flash-attn path needs CUDA and the flash_attn package")
-def test_attention_flash_matches_math():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, n, 2, 64, generator=g).cuda().bfloat16() for n in (33, 9, 9))
-    mask = torch.tensor([[1] * 9, [1, 0, 1, 0, 0, 1, 1, 0, 0], [0] * 9]).bool().cuda()
-    for m in (None, mask):
-        assert rel_err(attention(q, k, v, m), math_attention(q, k, v, m)) < 2e-2
-
-
 def test_temporal_branch_starts_as_nothing():
     model = STDiT(**TINY)
     block = model.blocks[0]
@@ -306,6 +564,97 @@ def test_temporal_branch_starts_as_nothing():
     assert not torch.allclose(block(*args), out)
 
 
+def test_build_model_types():
+    with pytest.raises(ValueError, match="STDiT-XL/2"):
+        build_model(dict(type="STDiT-XXL/2"))
+    with pytest.raises(BadInput, match="hiden_size"):
+        build_model(dict(type="STDiT", hiden_size=64))
+    model = build_model(dict(type="STDiT", freeze="not_temporal", **TINY))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.named_parameters() if "attn_temp" in n}
+
+
+def test_bad_inputs_are_errors():
+    model = STDiT(**TINY).eval()
+    x, t, y = tiny_inputs()
+    cases = [((x[0], t, y), "x must be"), ((x[..., :7], t, y), "not divisible by patch_size"),
+             ((x, t, torch.randn(2, 1, 9, 32)), "above model_max_length 8"),
+             ((x, t, torch.randn(2, 1, 8, 31)), "caption_channels=32"),
+             ((x, t, y, torch.ones(2, 7)), r"mask must be"), ((x, t, y, torch.ones(3, 8)), r"mask must be"),
+             ((x, t[:1], y), "timestep")]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model(*args)
+
+
+def test_grad_checkpointing_same_outputs_and_grads():
+    model = randomized(STDiT(**TINY, class_dropout_prob=0.0)).train()
+    x, t, y = tiny_inputs()
+    mask = torch.tensor([[1] * 8, [1] * 3 + [0] * 5])
+    results = []
+    for flag in (False, True):
+        model.grad_checkpointing = flag
+        model.zero_grad()
+        out = model(x, t, y, mask)
+        (out ** 2).mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert torch.allclose(out_a, out_b, rtol=1e-6, atol=1e-7)
+    assert all(torch.allclose(grads_a[n], grads_b[n], rtol=1e-5, atol=1e-8) for n in grads_a)
+    assert grads_a["blocks.1.attn_temp.qkv.weight"].abs().sum() > 0
+
+
+def test_caption_dropout_uses_null_embedding():
+    model = randomized(STDiT(**TINY, class_dropout_prob=1.0))
+    x, t, y = tiny_inputs()
+    with torch.no_grad():
+        dropped = model.train()(x, t, y)
+        null = model.eval()(x, t, model.y_embedder.y_embedding[None, None].expand(2, 1, -1, -1))
+        assert torch.equal(dropped, null) and not torch.allclose(null, model(x, t, y))
+
+
+def test_bf16_compute_returns_float32():
+    ref = randomized(STDiT(**TINY)).eval()
+    model = STDiT(**TINY, dtype=torch.bfloat16).to(torch.bfloat16).eval()
+    model.load_state_dict(ref.state_dict())
+    x, t, y = tiny_inputs()
+    with torch.no_grad():
+        out, out_ref = model(x, t, y), ref(x, t, y)
+    assert out.dtype == torch.float32 and rel_err(out, out_ref) < 5e-2
+
+
+@pytest.mark.parametrize("short", [0, 32])
+def test_fixture_under_both_attention_paths(short_keys, short):
+    """v1.0's numbers (stdit_tiny_ref.pt) through either attention path, fp32."""
+    ref = load_fixture("stdit_tiny_ref.pt")
+    L.SHORT_KEYS = short
+    m = M.STDiT(**ref["config"]).eval()
+    m.load_state_dict(ref["state_dict"])
+    with torch.no_grad():
+        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
+    assert rel(out, ref["out"]) < 1e-5
+
+
+@pytest.mark.parametrize("ckpt", [True, 1])
+def test_selective_checkpointing_same_gradients(ckpt):
+    """grad_checkpointing = n recomputes the first n blocks: same loss and gradients as none (fixture weights)."""
+    ref = load_fixture("stdit_tiny_ref.pt")
+    m = M.STDiT(**ref["config"]).train()
+    m.load_state_dict(ref["state_dict"])
+    m.y_embedder.dropout_prob = 0.0
+    results = []
+    for setting in (False, ckpt):
+        m.grad_checkpointing = setting
+        m.zero_grad()
+        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+    assert rel(results[1][0], results[0][0]) < 1e-6
+    for a, b in zip(results[0][1], results[1][1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ============================================================================= checkpoints.py: loading released and own weights, resolving hub files, saving safely
 def test_load_pixart_checkpoint(tmp_path, capsys):
     source = randomized(STDiT(**TINY), seed=1)
     sd = {k: v for k, v in source.state_dict().items() if ".attn_temp." not in k and k != "pos_embed_temporal"}
@@ -463,14 +812,6 @@ def test_resolve_weights_hub(monkeypatch, tmp_path):
         resolve_weights("PixArt-XL-2-512x512.pth")
 
 
-def bad_input(fn, *args, **kwargs):
-    """The message of the BadInput that fn raises: one line (the entry points print it alone, exit code 2)."""
-    with pytest.raises(BadInput) as error:
-        fn(*args, **kwargs)
-    assert "\n" not in str(error.value), str(error.value)
-    return str(error.value)
-
-
 class RunsCode:  # a pickle that would call os.system when loaded without weights_only
     def __reduce__(self):
         return os.system, ("echo this must never run",)
@@ -547,74 +888,227 @@ def test_reliability_keep_last_prunes_but_never_the_newest_good(tmp_path):
     assert len(os.listdir(tmp_path)) == 3
 
 
-def test_build_model_types():
-    with pytest.raises(ValueError, match="STDiT-XL/2"):
-        build_model(dict(type="STDiT-XXL/2"))
-    with pytest.raises(BadInput, match="hiden_size"):
-        build_model(dict(type="STDiT", hiden_size=64))
-    model = build_model(dict(type="STDiT", freeze="not_temporal", **TINY))
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n, _ in model.named_parameters() if "attn_temp" in n}
+def test_checkpoint_write_interrupted_keeps_previous(tmp_path, monkeypatch):
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, str(tmp_path / "step0000001.pt"))
+
+    def broken_save(obj, f, *a, **k):
+        open(f, "wb").write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(tmp_path / "step0000002.pt"))
+    monkeypatch.undo()
+    latest = checkpoint_files(str(tmp_path))[0]
+    assert latest.endswith("step0000001.pt")
+    assert torch.load(latest, weights_only=True)["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["step0000001.pt"]  # no temp file left behind
 
 
-def test_bad_inputs_are_errors():
-    model = STDiT(**TINY).eval()
-    x, t, y = tiny_inputs()
-    cases = [((x[0], t, y), "x must be"), ((x[..., :7], t, y), "not divisible by patch_size"),
-             ((x, t, torch.randn(2, 1, 9, 32)), "above model_max_length 8"),
-             ((x, t, torch.randn(2, 1, 8, 31)), "caption_channels=32"),
-             ((x, t, y, torch.ones(2, 7)), r"mask must be"), ((x, t, y, torch.ones(3, 8)), r"mask must be"),
-             ((x, t[:1], y), "timestep")]
-    for args, message in cases:
-        with pytest.raises(ValueError, match=message):
-            model(*args)
+# ============================================================================= vae.py: the VAEs
+TINY_VAE = dict(type="VideoAutoencoderKL", from_pretrained=None, seed=0,
+                config=dict(block_out_channels=(16, 16), norm_num_groups=4, layers_per_block=1))  # down factor 2
 
 
-def test_grad_checkpointing_same_outputs_and_grads():
-    model = randomized(STDiT(**TINY, class_dropout_prob=0.0)).train()
-    x, t, y = tiny_inputs()
-    mask = torch.tensor([[1] * 8, [1] * 3 + [0] * 5])
-    results = []
-    for flag in (False, True):
-        model.grad_checkpointing = flag
-        model.zero_grad()
-        out = model(x, t, y, mask)
-        (out ** 2).mean().backward()
-        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
-    (out_a, grads_a), (out_b, grads_b) = results
-    assert torch.allclose(out_a, out_b, rtol=1e-6, atol=1e-7)
-    assert all(torch.allclose(grads_a[n], grads_b[n], rtol=1e-5, atol=1e-8) for n in grads_a)
-    assert grads_a["blocks.1.attn_temp.qkv.weight"].abs().sum() > 0
+def pixels(B=2, T=3, H=8, W=8, seed=0):
+    return torch.rand(B, 3, T, H, W, generator=torch.Generator().manual_seed(seed)) * 2 - 1  # [-1, 1]
 
 
-def test_caption_dropout_uses_null_embedding():
-    model = randomized(STDiT(**TINY, class_dropout_prob=1.0))
-    x, t, y = tiny_inputs()
-    with torch.no_grad():
-        dropped = model.train()(x, t, y)
-        null = model.eval()(x, t, model.y_embedder.y_embedding[None, None].expand(2, 1, -1, -1))
-        assert torch.equal(dropped, null) and not torch.allclose(null, model(x, t, y))
+def test_vae_tiny_shapes_values_and_scale(tiny_vae):
+    x = pixels()
+    assert tiny_vae.patch_size == (1, 2, 2) and tiny_vae.out_channels == 4
+    assert tiny_vae.get_latent_size((3, 8, 8)) == [3, 4, 4]
+    z = tiny_vae.encode(x, sample=False)
+    assert z.shape == (2, 4, 3, 4, 4) and z.std() > 1e-3
+    # one frame through the 2D VAE by hand: frame (b, t) lands at z[b, :, t], scaled by SD's 0.18215
+    frame = tiny_vae.module.encode(x[1, :, 2][None]).latent_dist.mean[0] * 0.18215
+    assert rel_err(z[1, :, 2], frame) < 1e-5
+    zs = tiny_vae.encode(x)  # v1.0's default: a posterior sample
+    assert zs.shape == z.shape and not torch.allclose(zs, z)
+    out = tiny_vae.decode(z)
+    assert out.shape == x.shape and out.std() > 1e-3
+    ref = tiny_vae.module.decode(z[0, :, 1][None] / 0.18215).sample[0]
+    assert rel_err(out[0, :, 1], ref) < 1e-5
+    assert not any(p.requires_grad for p in tiny_vae.parameters()) and not tiny_vae.module.training
 
 
-def test_bf16_compute_returns_float32():
-    ref = randomized(STDiT(**TINY)).eval()
-    model = STDiT(**TINY, dtype=torch.bfloat16).to(torch.bfloat16).eval()
-    model.load_state_dict(ref.state_dict())
-    x, t, y = tiny_inputs()
-    with torch.no_grad():
-        out, out_ref = model(x, t, y), ref(x, t, y)
-    assert out.dtype == torch.float32 and rel_err(out, out_ref) < 5e-2
+def test_vae_micro_batches_equal_one_batch():
+    x = pixels(B=2, T=3)  # 6 frames: micro-batches of 4 and 2
+    whole = V.build_vae(TINY_VAE)
+    micro = V.build_vae(TINY_VAE | dict(micro_batch_size=4))
+    z = whole.encode(x, sample=False)
+    assert rel_err(micro.encode(x, sample=False), z) < 1e-6
+    assert rel_err(micro.decode(z), whole.decode(z)) < 1e-6
 
 
-# ============================================================================= diffusion.py
-def check(name, got, ref, tol=1e-5):
-    err = rel_err(got, ref)
-    print(f"{name}: rel err {err:.2e}")
-    assert err < tol, f"{name}: relative error {err:.2e} >= {tol}"
+def test_temporal_decoder_vae_mixes_frames_of_a_clip_only():
+    """VideoAutoencoderKLTemporalDecoder: per-frame encoder; its decoder mixes the frames of a clip (a change in frame 0
+    reaches frame 2) but never clips of a batch; micro-batches hold whole clips and give the same result."""
+    cfg = dict(type="VideoAutoencoderKLTemporalDecoder", from_pretrained=None,
+               config=dict(block_out_channels=(32, 32), layers_per_block=1))
+    vae, micro = V.build_vae(cfg), V.build_vae(cfg | dict(micro_batch_size=4))  # 4 frames: one 3-frame clip a call
+    x = pixels(B=2, T=3, H=16, W=16)
+    z = vae.encode(x, sample=False)
+    assert z.shape == (2, 4, 3, 8, 8) and vae.patch_size == (1, 2, 2)
+    frame = vae.module.encode(x[1, :, 2][None]).latent_dist.mean[0] * 0.18215
+    assert rel_err(z[1, :, 2], frame) < 1e-5
+    out = vae.decode(z)
+    assert out.shape == x.shape and rel_err(micro.decode(z), out) < 1e-5
+    z2 = z.clone()
+    z2[0, :, 0] += 1
+    out2 = vae.decode(z2)
+    assert not torch.allclose(out2[0, :, 2], out[0, :, 2]) and torch.equal(out2[1], out[1])
+    sd = V.build_vae(TINY_VAE | dict(config=TINY_VAE["config"] | dict(block_out_channels=(32, 32), norm_num_groups=8)))
+    z = sd.encode(x, sample=False)
+    z2 = z.clone()
+    z2[0, :, 0] += 1
+    assert torch.equal(sd.decode(z2)[0, :, 2], sd.decode(z)[0, :, 2])  # the SD VAE: frame by frame
 
 
-# ---- fake models of the fixture README (constants read from the files) ----
+def test_vae_deterministic_build_and_global_rng_untouched():
+    torch.manual_seed(1234)  # not the state a build without a private RNG would leave behind
+    state = torch.get_rng_state()
+    a, b = V.build_vae(TINY_VAE).state_dict(), V.build_vae(TINY_VAE).state_dict()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = V.build_vae(TINY_VAE | dict(seed=1)).state_dict()
+    assert not torch.equal(a["module.encoder.conv_in.weight"], c["module.encoder.conv_in.weight"])
 
+
+def test_identity_vae_round_trip():
+    vae = V.build_vae(dict(type="identity"))
+    x = pixels()
+    assert vae.out_channels == 3 and vae.patch_size == (1, 1, 1)
+    assert vae.get_latent_size((3, 8, 8)) == [3, 8, 8]
+    assert torch.equal(vae.decode(vae.encode(x)), x)
+    scaled = V.build_vae(dict(type="identity", scale=4.0))  # the demo's: pixels x4 (a power of 2: exact)
+    assert torch.equal(scaled.encode(x), 4 * x) and torch.equal(scaled.decode(scaled.encode(x)), x)
+
+
+def test_vae_latent_size_not_divisible(tiny_vae):
+    with pytest.raises(ValueError, match=r"\(3, 9, 8\).*not divisible.*\(1, 2, 2\)"):
+        tiny_vae.get_latent_size((3, 9, 8))
+
+
+# ============================================================================= text.py: T5, CLIP and class encoders, caption cleaning
+TINY_T5 = dict(type="t5", from_pretrained=None, model_max_length=16, seed=0,
+               config=dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+
+
+CAPTIONS = ["a red circle moving right", "a blue square", "x" * 40]  # the last one is truncated to L
+
+
+@pytest.fixture(scope="module")
+def tiny_t5():
+    return TX.build_text_encoder(TINY_T5)
+
+
+def test_t5_encode_shapes_and_mask(tiny_t5):
+    L = TINY_T5["model_max_length"]
+    out = tiny_t5.encode(CAPTIONS)
+    y, mask = out["y"], out["mask"]
+    assert y.shape == (3, 1, L, 32) and y.dtype == torch.float32 and tiny_t5.output_dim == 32
+    assert mask.shape == (3, L) and mask.dtype == torch.int64
+    counts = [min(len(c.encode("utf-8")) + 1, L) for c in CAPTIONS]  # ByT5: one token per byte, + EOS, capped at L
+    assert mask.sum(1).tolist() == counts
+    assert all(mask[i, :n].all() and not mask[i, n:].any() for i, n in enumerate(counts))  # padding on the right
+    assert y.std() > 0.1 and rel_err(y[0], y[1]) > 0.1  # different captions, different embeddings
+    assert not any(p.requires_grad for p in tiny_t5.model.parameters()) and not tiny_t5.model.training
+
+
+def test_t5_deterministic_build_and_global_rng_untouched(tiny_t5):
+    torch.manual_seed(1234)  # not the state a build without a private RNG would leave behind
+    state = torch.get_rng_state()
+    other = TX.build_text_encoder(TINY_T5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(other.encode(CAPTIONS)["y"], tiny_t5.encode(CAPTIONS)["y"])
+    reseeded = TX.build_text_encoder(TINY_T5 | dict(seed=1))
+    assert rel_err(reseeded.encode(CAPTIONS)["y"], tiny_t5.encode(CAPTIONS)["y"]) > 0.1
+
+
+def test_random_encoders_equal_across_processes(tiny_t5, tiny_vae):
+    # train.py and sample.py run in different processes and must build the very same random encoders
+    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); import text, vae\n"
+            f"torch.manual_seed(123)\n"  # a different global RNG state must not matter
+            f"t = text.build_text_encoder({TINY_T5!r}); v = vae.build_vae({TINY_VAE!r})\n"
+            f"print(repr([float(p.double().sum()) for p in list(t.model.parameters()) + list(v.parameters())]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    here = [float(p.double().sum()) for p in list(tiny_t5.model.parameters()) + list(tiny_vae.parameters())]
+    assert eval(run.stdout.strip().splitlines()[-1]) == here
+
+
+def test_t5_dtype_argument():
+    enc = TX.build_text_encoder(TINY_T5, dtype=torch.bfloat16)
+    assert enc.encode(CAPTIONS[:1])["y"].dtype == torch.bfloat16
+    # v1.0's inference runs T5 in fp32 (sample.py passes no dtype); text_encoder.dtype='bf16' halves its memory
+    assert TX.build_text_encoder(TINY_T5).encode(CAPTIONS[:1])["y"].dtype == torch.float32
+    assert TX.build_text_encoder(TINY_T5 | dict(dtype="bf16"), dtype=torch.float32).model.dtype == torch.bfloat16
+    cfg = load_config(str(ROOT / "configs/opensora/inference/16x256x256.py"), ["--text_encoder.dtype=fp16", "--ckpt=x"])
+    with pytest.raises(BadInput, match="text_encoder.dtype='fp16': .*overflows in fp16"):
+        validate(cfg, "sample")
+
+
+def test_t5_runs_fp16_as_bf16():
+    # T5 v1.1 overflows fp16: a run dtype of fp16 handed down (train.py, prepare.py) gives a bf16 T5
+    assert TX.t5_dtype(torch.float16) == torch.bfloat16
+    assert TX.t5_dtype(torch.float32) == torch.float32 and TX.t5_dtype(torch.bfloat16) == torch.bfloat16
+    enc = TX.build_text_encoder(TINY_T5, dtype=torch.float16)
+    assert all(p.dtype == torch.bfloat16 for p in enc.model.parameters())
+    assert enc.encode(CAPTIONS[:1])["y"].dtype == torch.bfloat16
+
+
+def test_t5_null_embedding(tiny_t5):
+    with pytest.raises(RuntimeError, match="y_embedder"):
+        tiny_t5.null(2)
+    emb = torch.randn(TINY_T5["model_max_length"], 32)
+    tiny_t5.y_embedder = types.SimpleNamespace(y_embedding=emb)  # stands in for model.y_embedder
+    try:
+        null = tiny_t5.null(3)
+    finally:
+        tiny_t5.y_embedder = None
+    assert null.shape == (3, 1, 16, 32) and all(torch.equal(null[i, 0], emb) for i in range(3))
+
+
+@pytest.mark.parametrize("caption, cleaned", [  # outputs of v1.0's T5Embedder.text_preprocessing (clean twice)
+    ("A Cat, sitting on a mat... (photo) by @john https://x.com/a.jpg", "a cat, sitting on a mat photo by ."),
+    ("this-is-my-cute-cat_ok", "this is my cute cat ok"),
+    ("c++ code 1920x1080 &amp; more", "c code more"),
+    ("Free shipping worldwide!! click for more", "worldwide!!"),
+    ("'quoted'", "quoted"),
+    ("The sun sets over the ocean,waves crash.", "the sun sets over the ocean, waves crash."),
+])
+def test_clean_caption_like_v1(caption, cleaned):
+    assert TX.clean_caption(caption) == cleaned
+
+
+HARD_CAPTIONS = [  # v1.0's cleaning (ftfy 6.3.1, beautifulsoup4 4.15) of captions where a hand-written one slips
+    ("R&D team at AT&T", "r d team at att"),  # '&T' at the end: the HTML parser drops the bare '&'
+    ("Tom &amp; Jerry &lt;3", "tom jerry <3"),
+    ("<p>a <b>bold</b> move</p><script>var x=1</script>", "a bold move"),
+    ("\ufb01ne \ufb02owers in a \ufb01eld", "fine flowers in a field"),
+    ("\u201cSmart\u201d quotes \u2018here\u2019", "smart\" quotes 'here"),
+    ("\uff26\uff55\uff4c\uff4c \uff57\uff49\uff44\uff54\uff48", "full width"),
+    ("price \x80 5 \x96 cheap", "price \u20ac 5 - cheap"),
+    ("&#65;&#x42; c &copy; d &t; e &", "ab c d t e"),
+    ("a <![CDATA[raw]]> b", "a raw b"),
+    ("tab\there\x07bell", "tab herebell"),
+]
+
+
+@pytest.mark.parametrize("caption, cleaned", HARD_CAPTIONS)
+def test_clean_caption_hard_cases_with_and_without_the_libraries(caption, cleaned, monkeypatch):
+    assert TX.clean_caption(caption) == cleaned  # with ftfy and bs4 when installed, else by hand
+    monkeypatch.setattr(TX, "ftfy", None)
+    monkeypatch.setattr(TX, "BeautifulSoup", None)
+    assert TX.clean_caption(caption) == cleaned  # by hand
+
+
+def test_t5_cleans_before_tokenizing(tiny_t5):
+    a, b = tiny_t5.encode(["A Red Circle!!"]), tiny_t5.encode(["a red circle!!"])
+    assert torch.equal(a["y"], b["y"]) and torch.equal(a["mask"], b["mask"])
+
+
+# ============================================================================= diffusion.py: IDDPM and DPM-Solver against v1.0 and diffusers
 def iddpm_fake_model(consts, seen=None):
     a, b, c = consts["a"], consts["b"], consts["c"]
 
@@ -629,8 +1123,6 @@ def iddpm_fake_model(consts, seen=None):
 def per_sample_mean(y, x):
     return y.reshape(len(y), -1).mean(1).view(-1, *[1] * (x.ndim - 1))
 
-
-# ---- IDDPM vs iddpm_ref.pt ----
 
 def test_iddpm_training_losses_match_original():
     ref = load_fixture("iddpm_ref.pt")
@@ -699,8 +1191,6 @@ def test_iddpm_clips_by_default_but_sample_does_not(monkeypatch):
     assert seen == [False]
 
 
-# ---- DPM-Solver++ vs dpms_ref.pt ----
-
 def test_dpm_solver_matches_original():
     ref = load_fixture("dpms_ref.pt")
     k, s = ref["fake_model"], ref["settings"]
@@ -720,8 +1210,6 @@ def test_dpm_solver_matches_original():
         assert got.dtype == torch.float32
         assert torch.allclose(got, torch.tensor(want, dtype=torch.float32), rtol=0, atol=1e-4), (got, want)
 
-
-# ---- the samplers' glue around the tiny STDiT vs stdit_pipeline_ref.pt ----
 
 def tiny_stdit_and_text_encoder():
     pytest.importorskip("model", reason="model.py not written yet")
@@ -777,8 +1265,6 @@ def test_dpm_solver_sample_with_tiny_stdit_matches_original():
     check("dpm-solver.sample (tiny STDiT)", out, ref["out"])
     assert torch.allclose(torch.stack(seen), ref["model_timesteps"], rtol=0, atol=1e-4)
 
-
-# ---- independent oracles: diffusers ----
 
 def test_iddpm_tables_match_diffusers_ddpm():
     # diffusers builds the same linear schedule in float32 torch; ours is float64 numpy, so agreement is to float32
@@ -882,8 +1368,6 @@ def test_dpm_solver_matches_diffusers_multistep():
     check("DPM-Solver++ vs diffusers", ours, x)
 
 
-# ---- respacing, options, bad input ----
-
 def test_respacing_rules():
     # N steps keep round(k * 999 / (N - 1)) with Python's round (half to even) on a running float sum
     assert space_timesteps(1000, "10") == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
@@ -948,417 +1432,7 @@ def test_samplers_pass_model_kwargs_and_additional_args():
         assert got and all(g == (True, 7) for g in got), got
 
 
-# ============================================================================= model.py fast paths (bench.py --check runs them on the GPU)
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
-@pytest.fixture
-def short_keys():
-    """Restore model.SHORT_KEYS after a test that switches the attention path."""
-    old = L.SHORT_KEYS
-    yield
-    L.SHORT_KEYS = old
-
-
-def reference_attention(q, k, v, mask=None):  # float64, (B, N, H, D) layout, written independently of model.py
-    s = torch.einsum("bnhd,bmhd->bhnm", q.double(), k.double()) / q.shape[-1] ** 0.5
-    if mask is not None:
-        s = s.masked_fill(~mask[:, None, None, :], float("-inf"))
-    return torch.einsum("bhnm,bmhd->bnhd", s.softmax(-1), v.double())
-
-
-# ----------------------------------------------------------------------------- speed paths == plain path (CPU)
-@pytest.mark.parametrize("N,K", [(16, 16), (5, 32), (33, 33)])
-def test_short_attention_matches_sdpa(short_keys, N, K):
-    """The written-out path (M <= SHORT_KEYS, no mask) and the SDPA path compute the same function."""
-    g = torch.Generator().manual_seed(N * 100 + K)
-    q, k, v = (torch.randn(3, n, 4, 24, generator=g) for n in (N, K, K))
-    L.SHORT_KEYS = 32
-    fast = L.attention(q, k, v)
-    L.SHORT_KEYS = 0
-    plain = L.attention(q, k, v)
-    ref = reference_attention(q, k, v)
-    assert rel(fast.double(), ref) < 1e-6 and rel(plain.double(), ref) < 1e-6
-    assert fast.shape == (3, N, 4, 24)
-
-
-def test_short_attention_gradients(short_keys):
-    q, k, v = (torch.randn(2, 16, 3, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    grads = []
-    for short in (32, 0):
-        L.SHORT_KEYS = short
-        out = L.attention(q, k, v)
-        grads.append(torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view(out.shape).double()).sum(),
-                                         (q, k, v)))
-    for a, b in zip(*grads):  # the short path's scores are fp32 (v1.0's softmax precision): ~1e-7 apart
-        assert rel(a, b) < 1e-6
-
-
-def test_masked_attention_not_short(short_keys):
-    """A mask (cross-attention) never takes the short path; kept keys only, an empty row gives zeros."""
-    L.SHORT_KEYS = 32
-    q, k, v = torch.randn(2, 10, 2, 8), torch.randn(2, 6, 2, 8), torch.randn(2, 6, 2, 8)
-    mask = torch.tensor([[1, 1, 0, 1, 0, 0], [0] * 6], dtype=torch.bool)
-    out = L.attention(q, k, v, mask)
-    assert rel(out[0].double(), reference_attention(q[:1], k[:1], v[:1], mask[:1])[0]) < 1e-6
-    assert out[1].abs().max() == 0
-
-
-@pytest.mark.parametrize("short", [0, 32])
-def test_fixture_under_both_attention_paths(short_keys, short):
-    """v1.0's numbers (stdit_tiny_ref.pt) through either attention path, fp32."""
-    ref = load_fixture("stdit_tiny_ref.pt")
-    L.SHORT_KEYS = short
-    m = M.STDiT(**ref["config"]).eval()
-    m.load_state_dict(ref["state_dict"])
-    with torch.no_grad():
-        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
-    assert rel(out, ref["out"]) < 1e-5
-
-
-def test_short_attention_kernel(monkeypatch):
-    """attention_kernel.py's fused kernel (CUDA) run by Triton's interpreter on the CPU: the same SelfAttention outputs
-    and gradients as the plain path (odd lengths and head sizes, both seq_dims), and v1.0's numbers (stdit_tiny_ref.pt,
-    whose 4 frames and 16 spatial tokens both take the kernel). Without TRITON_INTERPRET it reruns itself under it."""
-    import attention_kernel as kernels
-    if kernels.triton is None:
-        pytest.skip("triton not installed (CUDA machines have it; `pip install triton` to run its interpreter here)")
-    if not os.environ.get("TRITON_INTERPRET"):  # the kernels were compiled for CUDA at import: a fresh process
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_short_attention_kernel"]
-        run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        return
-    monkeypatch.setattr(kernels, "fits", lambda x, n, heads: n <= kernels.MAX_KEYS)  # CPU tensors, any dtype
-    calls, kernel = [], kernels.short_attention
-    monkeypatch.setattr(kernels, "short_attention", lambda *a: calls.append(a[1:]) or kernel(*a))
-    g = torch.Generator().manual_seed(0)
-    for shape, seq_dim in (((2, 5, 3, 48), 1), ((2, 5, 3, 48), 2), ((2, 33, 48), 1)):
-        attn = L.SelfAttention(48, 2)
-        x = torch.randn(*shape, generator=g, requires_grad=True)
-        w = torch.randn(shape, generator=g)
-        runs = []
-        for max_keys in (64, 0):  # kernel, plain
-            monkeypatch.setattr(kernels, "MAX_KEYS", max_keys)
-            out = attn(x, seq_dim)
-            runs.append((out, *torch.autograd.grad((out * w).sum(), [x, *attn.parameters()])))
-        for a, b in zip(*runs):
-            assert a.shape == b.shape and rel(a.double(), b.double()) < 1e-5
-    ref = load_fixture("stdit_tiny_ref.pt")
-    m = M.STDiT(**ref["config"]).train()
-    m.load_state_dict(ref["state_dict"])
-    m.y_embedder.dropout_prob = 0.0
-    runs = []
-    for max_keys in (64, 0):
-        monkeypatch.setattr(kernels, "MAX_KEYS", max_keys)
-        m.zero_grad()
-        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
-        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
-        runs.append((out.detach(), torch.cat([p.grad.flatten() for p in m.parameters()])))
-    assert rel(runs[0][0], ref["out"]) < 1e-5
-    assert rel(runs[0][0], runs[1][0]) < 1e-6 and rel(runs[0][1], runs[1][1]) < 1e-5
-    # the kernel did run: for the 3 SelfAttention cases, then for the spatial and the temporal attention of each block
-    assert calls == [(2, 1), (2, 2), (2, 1)] + [(ref["config"]["num_heads"], d) for d in (2, 1)] * ref["config"]["depth"]
-
-
-@pytest.mark.parametrize("ckpt", [True, 1])
-def test_selective_checkpointing_same_gradients(ckpt):
-    """grad_checkpointing = n recomputes the first n blocks: same loss and gradients as none (fixture weights)."""
-    ref = load_fixture("stdit_tiny_ref.pt")
-    m = M.STDiT(**ref["config"]).train()
-    m.load_state_dict(ref["state_dict"])
-    m.y_embedder.dropout_prob = 0.0
-    results = []
-    for setting in (False, ckpt):
-        m.grad_checkpointing = setting
-        m.zero_grad()
-        out = m(ref["x"], ref["timestep"], ref["y"], ref["mask"])
-        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
-        results.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
-    assert rel(results[1][0], results[0][0]) < 1e-6
-    for a, b in zip(results[0][1], results[1][1]):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
-
-
-# ----------------------------------------------------------------------------- bench.py's FLOP count
-@pytest.mark.parametrize("kind", ["STDiT", "PixArt", "DiT", "Latte", "DiT-label"])
-def test_flop_count_matches_torch_counter(short_keys, kind):
-    """bench.flops (analytic) against torch's FlopCounterMode on a small model of each architecture, forward. The
-    written-out attention path (every attention of these models is short without a mask) makes the attention FLOPs
-    countable: FlopCounterMode does not count the CPU SDPA kernel."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import bench
-    cls, label = M.MODELS[kind.split("-")[0]], kind.endswith("label")
-    caption = {} if label else dict(caption_channels=24)
-    m = cls(input_size=(3, 4, 6), depth=3, hidden_size=32, num_heads=2, model_max_length=5, **caption,
-            **(dict(condition="label_7") if label else {})).eval()
-    x = torch.randn(2, 4, 3, 4, 6)
-    y = torch.tensor([1, 2]) if label else torch.randn(2, 1, 1 if cls in (M.DiT, M.Latte) else 5, 24)
-    L.SHORT_KEYS = 64  # every attention written out
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        m(x, torch.tensor([5.0, 500.0]), y)  # no mask: every caption key attends, as bench counts
-    counted = counter.get_total_flops() / x.shape[0]
-    ours = bench.flops(m, tuple(x.shape[2:]), 5, train=False)
-    assert abs(ours - counted) / counted < 0.01, (ours, counted)
-    assert bench.flops(m, tuple(x.shape[2:]), 5, train=True) == 3 * ours
-
-
-# ============================================================================= vae.py and text.py
-
-
-TINY_VAE = dict(type="VideoAutoencoderKL", from_pretrained=None, seed=0,
-                config=dict(block_out_channels=(16, 16), norm_num_groups=4, layers_per_block=1))  # down factor 2
-
-
-@pytest.fixture(scope="module")
-def tiny_vae():
-    return V.build_vae(TINY_VAE)
-
-
-def pixels(B=2, T=3, H=8, W=8, seed=0):
-    return torch.rand(B, 3, T, H, W, generator=torch.Generator().manual_seed(seed)) * 2 - 1  # [-1, 1]
-
-
-def test_vae_tiny_shapes_values_and_scale(tiny_vae):
-    x = pixels()
-    assert tiny_vae.patch_size == (1, 2, 2) and tiny_vae.out_channels == 4
-    assert tiny_vae.get_latent_size((3, 8, 8)) == [3, 4, 4]
-    z = tiny_vae.encode(x, sample=False)
-    assert z.shape == (2, 4, 3, 4, 4) and z.std() > 1e-3
-    # one frame through the 2D VAE by hand: frame (b, t) lands at z[b, :, t], scaled by SD's 0.18215
-    frame = tiny_vae.module.encode(x[1, :, 2][None]).latent_dist.mean[0] * 0.18215
-    assert rel_err(z[1, :, 2], frame) < 1e-5
-    zs = tiny_vae.encode(x)  # v1.0's default: a posterior sample
-    assert zs.shape == z.shape and not torch.allclose(zs, z)
-    out = tiny_vae.decode(z)
-    assert out.shape == x.shape and out.std() > 1e-3
-    ref = tiny_vae.module.decode(z[0, :, 1][None] / 0.18215).sample[0]
-    assert rel_err(out[0, :, 1], ref) < 1e-5
-    assert not any(p.requires_grad for p in tiny_vae.parameters()) and not tiny_vae.module.training
-
-
-def test_vae_micro_batches_equal_one_batch():
-    x = pixels(B=2, T=3)  # 6 frames: micro-batches of 4 and 2
-    whole = V.build_vae(TINY_VAE)
-    micro = V.build_vae(TINY_VAE | dict(micro_batch_size=4))
-    z = whole.encode(x, sample=False)
-    assert rel_err(micro.encode(x, sample=False), z) < 1e-6
-    assert rel_err(micro.decode(z), whole.decode(z)) < 1e-6
-
-
-def test_temporal_decoder_vae_mixes_frames_of_a_clip_only():
-    """VideoAutoencoderKLTemporalDecoder: per-frame encoder; its decoder mixes the frames of a clip (a change in frame 0
-    reaches frame 2) but never clips of a batch; micro-batches hold whole clips and give the same result."""
-    cfg = dict(type="VideoAutoencoderKLTemporalDecoder", from_pretrained=None,
-               config=dict(block_out_channels=(32, 32), layers_per_block=1))
-    vae, micro = V.build_vae(cfg), V.build_vae(cfg | dict(micro_batch_size=4))  # 4 frames: one 3-frame clip a call
-    x = pixels(B=2, T=3, H=16, W=16)
-    z = vae.encode(x, sample=False)
-    assert z.shape == (2, 4, 3, 8, 8) and vae.patch_size == (1, 2, 2)
-    frame = vae.module.encode(x[1, :, 2][None]).latent_dist.mean[0] * 0.18215
-    assert rel_err(z[1, :, 2], frame) < 1e-5
-    out = vae.decode(z)
-    assert out.shape == x.shape and rel_err(micro.decode(z), out) < 1e-5
-    z2 = z.clone()
-    z2[0, :, 0] += 1
-    out2 = vae.decode(z2)
-    assert not torch.allclose(out2[0, :, 2], out[0, :, 2]) and torch.equal(out2[1], out[1])
-    sd = V.build_vae(TINY_VAE | dict(config=TINY_VAE["config"] | dict(block_out_channels=(32, 32), norm_num_groups=8)))
-    z = sd.encode(x, sample=False)
-    z2 = z.clone()
-    z2[0, :, 0] += 1
-    assert torch.equal(sd.decode(z2)[0, :, 2], sd.decode(z)[0, :, 2])  # the SD VAE: frame by frame
-
-
-def test_vae_deterministic_build_and_global_rng_untouched():
-    torch.manual_seed(1234)  # not the state a build without a private RNG would leave behind
-    state = torch.get_rng_state()
-    a, b = V.build_vae(TINY_VAE).state_dict(), V.build_vae(TINY_VAE).state_dict()
-    assert torch.equal(torch.get_rng_state(), state)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    c = V.build_vae(TINY_VAE | dict(seed=1)).state_dict()
-    assert not torch.equal(a["module.encoder.conv_in.weight"], c["module.encoder.conv_in.weight"])
-
-
-def test_identity_vae_round_trip():
-    vae = V.build_vae(dict(type="identity"))
-    x = pixels()
-    assert vae.out_channels == 3 and vae.patch_size == (1, 1, 1)
-    assert vae.get_latent_size((3, 8, 8)) == [3, 8, 8]
-    assert torch.equal(vae.decode(vae.encode(x)), x)
-    scaled = V.build_vae(dict(type="identity", scale=4.0))  # the demo's: pixels x4 (a power of 2: exact)
-    assert torch.equal(scaled.encode(x), 4 * x) and torch.equal(scaled.decode(scaled.encode(x)), x)
-
-
-def test_vae_latent_size_not_divisible(tiny_vae):
-    with pytest.raises(ValueError, match=r"\(3, 9, 8\).*not divisible.*\(1, 2, 2\)"):
-        tiny_vae.get_latent_size((3, 9, 8))
-
-
-def test_build_unknown_types():
-    with pytest.raises(BadInput, match=r"vae.type='VideoVAE': give one of VideoAutoencoderKL.*identity"):
-        V.build_vae(dict(type="VideoVAE"))
-    with pytest.raises(BadInput, match=r"text_encoder.type='bert': give one of t5, clip, classes"):
-        TX.build_text_encoder(dict(type="bert"))
-    with pytest.raises(BadInput, match=r"scheduler.ddim_steps=10: not a keyword of scheduler type 'iddpm'"):
-        build_scheduler(dict(type="iddpm", ddim_steps=10))
-
-
-TINY_T5 = dict(type="t5", from_pretrained=None, model_max_length=16, seed=0,
-               config=dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
-CAPTIONS = ["a red circle moving right", "a blue square", "x" * 40]  # the last one is truncated to L
-
-
-@pytest.fixture(scope="module")
-def tiny_t5():
-    return TX.build_text_encoder(TINY_T5)
-
-
-def test_t5_encode_shapes_and_mask(tiny_t5):
-    L = TINY_T5["model_max_length"]
-    out = tiny_t5.encode(CAPTIONS)
-    y, mask = out["y"], out["mask"]
-    assert y.shape == (3, 1, L, 32) and y.dtype == torch.float32 and tiny_t5.output_dim == 32
-    assert mask.shape == (3, L) and mask.dtype == torch.int64
-    counts = [min(len(c.encode("utf-8")) + 1, L) for c in CAPTIONS]  # ByT5: one token per byte, + EOS, capped at L
-    assert mask.sum(1).tolist() == counts
-    assert all(mask[i, :n].all() and not mask[i, n:].any() for i, n in enumerate(counts))  # padding on the right
-    assert y.std() > 0.1 and rel_err(y[0], y[1]) > 0.1  # different captions, different embeddings
-    assert not any(p.requires_grad for p in tiny_t5.model.parameters()) and not tiny_t5.model.training
-
-
-def test_t5_deterministic_build_and_global_rng_untouched(tiny_t5):
-    torch.manual_seed(1234)  # not the state a build without a private RNG would leave behind
-    state = torch.get_rng_state()
-    other = TX.build_text_encoder(TINY_T5)
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(other.encode(CAPTIONS)["y"], tiny_t5.encode(CAPTIONS)["y"])
-    reseeded = TX.build_text_encoder(TINY_T5 | dict(seed=1))
-    assert rel_err(reseeded.encode(CAPTIONS)["y"], tiny_t5.encode(CAPTIONS)["y"]) > 0.1
-
-
-def test_random_encoders_equal_across_processes(tiny_t5, tiny_vae):
-    # train.py and sample.py run in different processes and must build the very same random encoders
-    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT)!r}); import text, vae\n"
-            f"torch.manual_seed(123)\n"  # a different global RNG state must not matter
-            f"t = text.build_text_encoder({TINY_T5!r}); v = vae.build_vae({TINY_VAE!r})\n"
-            f"print(repr([float(p.double().sum()) for p in list(t.model.parameters()) + list(v.parameters())]))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    here = [float(p.double().sum()) for p in list(tiny_t5.model.parameters()) + list(tiny_vae.parameters())]
-    assert eval(run.stdout.strip().splitlines()[-1]) == here
-
-
-def test_t5_dtype_argument():
-    enc = TX.build_text_encoder(TINY_T5, dtype=torch.bfloat16)
-    assert enc.encode(CAPTIONS[:1])["y"].dtype == torch.bfloat16
-    # v1.0's inference runs T5 in fp32 (sample.py passes no dtype); text_encoder.dtype='bf16' halves its memory
-    assert TX.build_text_encoder(TINY_T5).encode(CAPTIONS[:1])["y"].dtype == torch.float32
-    assert TX.build_text_encoder(TINY_T5 | dict(dtype="bf16"), dtype=torch.float32).model.dtype == torch.bfloat16
-    cfg = load_config(str(ROOT / "configs/opensora/inference/16x256x256.py"), ["--text_encoder.dtype=fp16", "--ckpt=x"])
-    with pytest.raises(BadInput, match="text_encoder.dtype='fp16': .*overflows in fp16"):
-        validate(cfg, "sample")
-
-
-def test_run_dtype_fp16_without_bf16(monkeypatch):
-    import config
-    said = []
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
-    assert errors.run_dtype("bf16", torch.device("cuda"), said.append) == torch.float16 and "no bf16" in said[0]
-    assert errors.run_dtype("fp32", torch.device("cuda"), said.append) == torch.float32 and len(said) == 1
-    assert errors.run_dtype("bf16", torch.device("cpu")) == torch.float32
-
-
-def test_t5_runs_fp16_as_bf16():
-    # T5 v1.1 overflows fp16: a run dtype of fp16 handed down (train.py, prepare.py) gives a bf16 T5
-    assert TX.t5_dtype(torch.float16) == torch.bfloat16
-    assert TX.t5_dtype(torch.float32) == torch.float32 and TX.t5_dtype(torch.bfloat16) == torch.bfloat16
-    enc = TX.build_text_encoder(TINY_T5, dtype=torch.float16)
-    assert all(p.dtype == torch.bfloat16 for p in enc.model.parameters())
-    assert enc.encode(CAPTIONS[:1])["y"].dtype == torch.bfloat16
-
-
-def test_t5_null_embedding(tiny_t5):
-    with pytest.raises(RuntimeError, match="y_embedder"):
-        tiny_t5.null(2)
-    emb = torch.randn(TINY_T5["model_max_length"], 32)
-    tiny_t5.y_embedder = types.SimpleNamespace(y_embedding=emb)  # stands in for model.y_embedder
-    try:
-        null = tiny_t5.null(3)
-    finally:
-        tiny_t5.y_embedder = None
-    assert null.shape == (3, 1, 16, 32) and all(torch.equal(null[i, 0], emb) for i in range(3))
-
-
-@pytest.mark.parametrize("caption, cleaned", [  # outputs of v1.0's T5Embedder.text_preprocessing (clean twice)
-    ("A Cat, sitting on a mat... (photo) by @john https://x.com/a.jpg", "a cat, sitting on a mat photo by ."),
-    ("this-is-my-cute-cat_ok", "this is my cute cat ok"),
-    ("c++ code 1920x1080 &amp; more", "c code more"),
-    ("Free shipping worldwide!! click for more", "worldwide!!"),
-    ("'quoted'", "quoted"),
-    ("The sun sets over the ocean,waves crash.", "the sun sets over the ocean, waves crash."),
-])
-def test_clean_caption_like_v1(caption, cleaned):
-    assert TX.clean_caption(caption) == cleaned
-
-
-HARD_CAPTIONS = [  # v1.0's cleaning (ftfy 6.3.1, beautifulsoup4 4.15) of captions where a hand-written one slips
-    ("R&D team at AT&T", "r d team at att"),  # '&T' at the end: the HTML parser drops the bare '&'
-    ("Tom &amp; Jerry &lt;3", "tom jerry <3"),
-    ("<p>a <b>bold</b> move</p><script>var x=1</script>", "a bold move"),
-    ("\ufb01ne \ufb02owers in a \ufb01eld", "fine flowers in a field"),
-    ("\u201cSmart\u201d quotes \u2018here\u2019", "smart\" quotes 'here"),
-    ("\uff26\uff55\uff4c\uff4c \uff57\uff49\uff44\uff54\uff48", "full width"),
-    ("price \x80 5 \x96 cheap", "price \u20ac 5 - cheap"),
-    ("&#65;&#x42; c &copy; d &t; e &", "ab c d t e"),
-    ("a <![CDATA[raw]]> b", "a raw b"),
-    ("tab\there\x07bell", "tab herebell"),
-]
-
-
-@pytest.mark.parametrize("caption, cleaned", HARD_CAPTIONS)
-def test_clean_caption_hard_cases_with_and_without_the_libraries(caption, cleaned, monkeypatch):
-    assert TX.clean_caption(caption) == cleaned  # with ftfy and bs4 when installed, else by hand
-    monkeypatch.setattr(TX, "ftfy", None)
-    monkeypatch.setattr(TX, "BeautifulSoup", None)
-    assert TX.clean_caption(caption) == cleaned  # by hand
-
-
-def test_t5_cleans_before_tokenizing(tiny_t5):
-    a, b = tiny_t5.encode(["A Red Circle!!"]), tiny_t5.encode(["a red circle!!"])
-    assert torch.equal(a["y"], b["y"]) and torch.equal(a["mask"], b["mask"])
-
-
-# ============================================================================= data.py
-def gray_clip(path, num, step=8, size=(16, 16)):
-    """Frame k is uniformly k*step: the decoded brightness names the frame (8 levels survive H.264)."""
-    frames = np.stack([np.full((*size, 3), k * step, np.uint8) for k in range(num)])
-    return vio.write_video(str(path), frames, fps=8)
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    return str(path)
-
-
-def write_png(path, rgb):
-    with av.open(str(path), "w", format="image2") as c:
-        s = c.add_stream("png")
-        s.width, s.height, s.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
-        c.mux(s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        c.mux(s.encode())
-    return str(path)
-
-
-def brightness(video):
-    """(3, T, H, W) in [-1, 1] -> the frame numbers of gray_clip."""
-    return ((video.mean((0, 2, 3)) + 1) * 127.5 / 8).round().long().tolist()
-
-
-# ----------------------------------------------------------------------------- mp4 in and out
+# ============================================================================= video.py: mp4 in and out, the seeking decoder
 def test_write_read_video(tmp_path):
     frames = np.random.default_rng(0).integers(0, 256, (5, 12, 20, 3), dtype=np.uint8)
     frames[:] = frames[:, :1, :1]  # flat colours: H.264 keeps them within a few levels
@@ -1383,7 +1457,74 @@ def test_tiny_video_keeps_its_colour(tmp_path):
     assert toy.judge_clip(back, "a blue square moving up")["colour"] == "blue"
 
 
-# ----------------------------------------------------------------------------- clips
+def write_timed(path, frames, pts):
+    """An H.264 mp4 whose frame k is shown at pts[k] / 90000 s (variable frame rates)."""
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt, s.codec_context.time_base = frames.shape[2], frames.shape[1], "yuv420p", \
+            Fraction(1, 90000)
+        for f, p in zip(frames, pts):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = p, Fraction(1, 90000)
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+    return path
+
+
+SEEK_CASES = {  # file: codec, encoder options, frame rate, whether it seeks (keyframes every 24 or 30 frames)
+    "h264.mp4": ("libx264", {"crf": "20", "g": "24"}, 30, True),  # x264's B-frames: decode order != display order
+    "h264_29.97.mov": ("libx264", {"crf": "20", "g": "30"}, Fraction(30000, 1001), True),
+    "h264.mkv": ("libx264", {"crf": "20", "g": "24"}, 30, True),  # no frame count (packets read), ms timestamps
+    "hevc.mp4": ("libx265", {"crf": "24", "x265-params": "keyint=24:log-level=none"}, 30, True),
+    "vp9.webm": ("libvpx-vp9", {"g": "24"}, 30, True),
+    "mpeg4.avi": ("mpeg4", {"g": "24", "bf": "2"}, 25, False),  # AVI's B-frame packets carry no pts: from the start
+}
+
+
+TIMED = {"vfr.mp4": [3000 * k + 1500 * (k // 3) for k in range(100)],  # every 3rd frame lasts 1.5x: not seekable
+         "offgrid.mp4": [3000 * k + 1500 * (k == 75) for k in range(100)]}  # 30 fps, but frame 75 half a frame late
+
+
+@pytest.mark.parametrize("name", [*SEEK_CASES, *TIMED])
+def test_seeking_decode_equals_decoding_from_the_start(tmp_path, name):
+    frames, path = pan_frames(100), str(tmp_path / name)
+    if name in TIMED:
+        write_timed(path, frames, TIMED[name])
+    else:
+        codec, options, fps, _ = SEEK_CASES[name]
+        vio.write_video(path, frames, fps, codec=codec, options=options)
+    total, start, step = vio.frame_timing(path)
+    seeks = name in SEEK_CASES and SEEK_CASES[name][3]
+    assert total == 100 and (step is not None) == (name in SEEK_CASES)  # TIMED: FFmpeg's r_frame_rate sees the odd
+    for first in (0, 23, 24, 25, 50):  # windows of 16 frames every 3rd, around the keyframes (every 24 or 30)
+        picks = np.linspace(first, first + 47, 16, dtype=int).tolist()
+        plain = vio.frames_from_start(path, picks)
+        for k in picks:  # frame k is frame k of the source (the nearest of all 150)
+            assert np.abs(plain[k].astype(int) - frames.astype(int)).mean((1, 2, 3)).argmin() == k
+        got = vio.frames_seeking(path, picks, start, step) if step is not None else None
+        assert (got is not None) == seeks, first
+        assert got is None or all(np.array_equal(got[k], plain[k]) for k in picks)
+        if seeks and first == 25:  # timestamps off the assumed grid, or frames missing from it, are never trusted
+            assert vio.frames_seeking(path, picks, start, 2 * step) is None
+            assert vio.frames_seeking(path, picks, start, step / 2) is None
+            assert vio.frames_seeking(path, picks, start + step, step) is None
+    for i in range(2):  # decode itself: random windows, seeking or not
+        assert np.array_equal(vio.decode(path, 16, 3, data.draws(0, 0, i)),
+                              vio.decode(path, 16, 3, data.draws(0, 0, i), seek=False))
+
+
+# ============================================================================= data.py: the CSV dataset (clips, sizes, bad rows)
+def gray_clip(path, num, step=8, size=(16, 16)):
+    """Frame k is uniformly k*step: the decoded brightness names the frame (8 levels survive H.264)."""
+    frames = np.stack([np.full((*size, 3), k * step, np.uint8) for k in range(num)])
+    return vio.write_video(str(path), frames, fps=8)
+
+
+def brightness(video):
+    """(3, T, H, W) in [-1, 1] -> the frame numbers of gray_clip."""
+    return ((video.mean((0, 2, 3)) + 1) * 127.5 / 8).round().long().tolist()
+
+
 def test_frame_interval_and_window(tmp_path):
     total, n, k = 32, 4, 3
     csv_path = write_csv(tmp_path / "t.csv", [[gray_clip(tmp_path / "g.mp4", total), "gray"]])
@@ -1454,69 +1595,6 @@ def test_images_header_root(tmp_path):
     assert ds3[1]["text"] == "video"
 
 
-# ----------------------------------------------------------------------------- seeking
-def pan_frames(T=150, H=48, W=64):
-    """Frames that all differ (red shifts by 8 levels a frame): a wrong frame cannot pass for the right one."""
-    y, x = np.mgrid[0:H, 0:W]
-    return np.stack([np.stack([(x * 4 + t * 8) % 256, (y * 5 + t * 3) % 256, np.full_like(x, t * 255 // T)], -1)
-                     for t in range(T)]).astype(np.uint8)
-
-
-def write_timed(path, frames, pts):
-    """An H.264 mp4 whose frame k is shown at pts[k] / 90000 s (variable frame rates)."""
-    with av.open(path, "w") as c:
-        s = c.add_stream("libx264", rate=30)
-        s.width, s.height, s.pix_fmt, s.codec_context.time_base = frames.shape[2], frames.shape[1], "yuv420p", \
-            Fraction(1, 90000)
-        for f, p in zip(frames, pts):
-            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-            frame.pts, frame.time_base = p, Fraction(1, 90000)
-            c.mux(s.encode(frame))
-        c.mux(s.encode())
-    return path
-
-
-SEEK_CASES = {  # file: codec, encoder options, frame rate, whether it seeks (keyframes every 24 or 30 frames)
-    "h264.mp4": ("libx264", {"crf": "20", "g": "24"}, 30, True),  # x264's B-frames: decode order != display order
-    "h264_29.97.mov": ("libx264", {"crf": "20", "g": "30"}, Fraction(30000, 1001), True),
-    "h264.mkv": ("libx264", {"crf": "20", "g": "24"}, 30, True),  # no frame count (packets read), ms timestamps
-    "hevc.mp4": ("libx265", {"crf": "24", "x265-params": "keyint=24:log-level=none"}, 30, True),
-    "vp9.webm": ("libvpx-vp9", {"g": "24"}, 30, True),
-    "mpeg4.avi": ("mpeg4", {"g": "24", "bf": "2"}, 25, False),  # AVI's B-frame packets carry no pts: from the start
-}
-TIMED = {"vfr.mp4": [3000 * k + 1500 * (k // 3) for k in range(100)],  # every 3rd frame lasts 1.5x: not seekable
-         "offgrid.mp4": [3000 * k + 1500 * (k == 75) for k in range(100)]}  # 30 fps, but frame 75 half a frame late
-
-
-@pytest.mark.parametrize("name", [*SEEK_CASES, *TIMED])
-def test_seeking_decode_equals_decoding_from_the_start(tmp_path, name):
-    frames, path = pan_frames(100), str(tmp_path / name)
-    if name in TIMED:
-        write_timed(path, frames, TIMED[name])
-    else:
-        codec, options, fps, _ = SEEK_CASES[name]
-        vio.write_video(path, frames, fps, codec=codec, options=options)
-    total, start, step = vio.frame_timing(path)
-    seeks = name in SEEK_CASES and SEEK_CASES[name][3]
-    assert total == 100 and (step is not None) == (name in SEEK_CASES)  # TIMED: FFmpeg's r_frame_rate sees the odd
-    for first in (0, 23, 24, 25, 50):  # windows of 16 frames every 3rd, around the keyframes (every 24 or 30)
-        picks = np.linspace(first, first + 47, 16, dtype=int).tolist()
-        plain = vio.frames_from_start(path, picks)
-        for k in picks:  # frame k is frame k of the source (the nearest of all 150)
-            assert np.abs(plain[k].astype(int) - frames.astype(int)).mean((1, 2, 3)).argmin() == k
-        got = vio.frames_seeking(path, picks, start, step) if step is not None else None
-        assert (got is not None) == seeks, first
-        assert got is None or all(np.array_equal(got[k], plain[k]) for k in picks)
-        if seeks and first == 25:  # timestamps off the assumed grid, or frames missing from it, are never trusted
-            assert vio.frames_seeking(path, picks, start, 2 * step) is None
-            assert vio.frames_seeking(path, picks, start, step / 2) is None
-            assert vio.frames_seeking(path, picks, start + step, step) is None
-    for i in range(2):  # decode itself: random windows, seeking or not
-        assert np.array_equal(vio.decode(path, 16, 3, data.draws(0, 0, i)),
-                              vio.decode(path, 16, 3, data.draws(0, 0, i), seek=False))
-
-
-# ----------------------------------------------------------------------------- bad data
 def test_bad_rows_skipped_and_counted(tmp_path, capfd):
     good = [gray_clip(tmp_path / f"good{i}.mp4", 8) for i in range(3)]
     cut = gray_clip(tmp_path / "cut.mp4", 8)
@@ -1571,46 +1649,11 @@ def test_reliability_csv_is_read_strictly(tmp_path):
     assert data.read_csv(bom) == [("a.mp4", "one"), ("b.mp4", 'two, and "three"')]
 
 
-# ----------------------------------------------------------------------------- the toy set and its judge
-def test_shapes_and_judge(tmp_path):
-    csv_path = toy.make_shapes(str(tmp_path / "shapes"), 32, seed=1)
-    rows = data.read_csv(csv_path)
-    assert sorted(c for _, c in rows) == sorted(toy.SHAPES_PROMPTS) and len(set(toy.SHAPES_PROMPTS)) == 32
-    assert all(re.fullmatch(r"a (red|green|blue|yellow) (circle|square) moving (left|right|up|down)", c)
-               for _, c in rows)
-    for path, caption in rows:
-        frames = vio.read_video(path)
-        assert frames.shape == (16, 32, 32, 3)
-        r = toy.judge_clip(frames, caption)
-        assert r["colour_ok"] and r["direction_ok"], (path, caption, r)
-        assert not toy.judge_clip(frames[::-1], caption)["direction_ok"]  # played backwards
-        assert not toy.judge_clip(frames[..., [1, 2, 0]], caption)["colour_ok"]  # red->blue, green->red, ...
-        assert not toy.judge_clip(np.zeros_like(frames), caption)["colour_ok"]  # nothing there
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # the float (3, T, H, W) form
-    assert toy.judge_clip(video, caption)["colour_ok"]
-    assert toy.judge_files(str(tmp_path / "shapes"))["both"] == 1.0
-    named = tmp_path / "named"
-    vio.write_video(str(named / "a_red_circle_moving_right-seed0.mp4"), frames, 8)  # it is not a red circle
-    assert toy.caption_from_name("x/a_red_circle_moving_right-seed0.mp4") == "a red circle moving right"
-    expected = toy.judge_clip(frames, "a red circle moving right")
-    acc = toy.judge_files(str(named))
-    assert acc["n"] == 1 and acc["both"] == float(expected["colour_ok"] and expected["direction_ok"])
-
-
-def test_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):
-    # a config's data_path may name any CSV file, also one in the current folder (data_path="toy.csv")
-    path = toy.make_shapes(str(tmp_path / "s"), 2, num_frames=4, size=8, csv_name="val.csv")
-    assert path == str(tmp_path / "s" / "val.csv")
-    assert sorted(os.listdir(tmp_path / "s")) == ["00000.mp4", "00001.mp4", "val.csv"]  # no train.csv
-    assert [c for _, c in data.read_csv(path)] == toy.SHAPES_PROMPTS[:2]
-    monkeypatch.chdir(tmp_path)
-    assert toy.make_shapes("", 1, num_frames=4, size=8, csv_name="toy.csv") == "toy.csv"
-    assert len(data.read_csv(str(tmp_path / "toy.csv"))) == 1
-
-
-# ----------------------------------------------------------------------------- the latent cache
+# ============================================================================= cache.py: the latent cache
 T5 = dict(type="t5", from_pretrained=None, model_max_length=16,
           config=dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
+
+
 DATA_TINY_VAE = dict(type="VideoAutoencoderKL", from_pretrained=None,
                 config=dict(block_out_channels=(32, 32), norm_num_groups=8, layers_per_block=1))
 
@@ -1760,160 +1803,11 @@ def test_cache_every_rank_encodes_its_shards(tmp_path):
             assert a.keys() == b.keys() and all(torch.equal(a.get_tensor(n), b.get_tensor(n)) for n in a.keys())
 
 
-# ============================================================================= prepare.py
-def faststart_cut(src, dst):
-    """src remuxed with its index first (as web mp4s are), then cut: the index lists frames that are not there."""
-    with av.open(src) as i, av.open(dst, "w", options={"movflags": "faststart"}) as o:
-        stream = o.add_stream_from_template(i.streams.video[0])
-        for packet in i.demux(i.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                o.mux(packet)
-    blob = open(dst, "rb").read()
-    open(dst, "wb").write(blob[:len(blob) * 2 // 3])
-    return dst
-
-
-def video_folder(tmp_path):
-    """videos/: captioned by .txt (an H.264 mp4, a png), by captions.csv (a VP9 webm, an mkv in a subfolder), a short
-    4K clip captioned by .txt, an mp4 without caption; broken: a cut mp4, a text file named .mp4, an empty .webm, and
-    a cut mp4 whose index comes first (it opens, but frames are missing: only `check` finds it)."""
-    v, frames = tmp_path / "videos", pan_frames(40)
-    (v / "sub").mkdir(parents=True)
-    vio.write_video(str(v / "a.mp4"), frames, 30)
-    (v / "a.txt").write_text("The video shows a pan\nover colours ")
-    write_png(v / "img.png", frames[0])
-    (v / "img.png").with_suffix(".txt").write_text("a still")
-    vio.write_video(str(v / "c.webm"), frames[:30], 30, codec="libvpx-vp9", options={})
-    vio.write_video(str(v / "sub" / "b.mkv"), frames, 25)
-    big = np.zeros((4, 2160, 3840, 3), np.uint8) + np.arange(4, dtype=np.uint8)[:, None, None, None] * 50
-    vio.write_video(str(v / "big4k.mp4"), big, 30, options=dict(preset="ultrafast"))
-    (v / "big4k.txt").write_text("a 4K clip")
-    vio.write_video(str(v / "nocap.mp4"), frames, 30)
-    cut = vio.write_video(str(v / "cut.mp4"), frames, 30)
-    open(cut, "wb").write(open(cut, "rb").read()[:3000])
-    (v / "text.mp4").write_text("not a video")
-    (v / "empty.webm").write_bytes(b"")
-    faststart_cut(str(v / "a.mp4"), str(v / "fast_cut.mp4"))
-    write_csv(tmp_path / "captions.csv", [["sub/b.mkv", "an mkv"], ["c.webm", "a webm"]])
-    return v
-
-
-def test_prepare_folder_check_filter_then_train(tmp_path, capfd):
-    v = video_folder(tmp_path)
-    raw, good, train = (str(tmp_path / n) for n in ("raw.csv", "good.csv", "train.csv"))
-    prepare.main(["folder", str(v), raw, "--captions", str(tmp_path / "captions.csv"), "--workers", "2"])
-    rows = {os.path.basename(r[0]): r for r in prepare.read_rows(raw)}
-    assert sorted(rows) == ["a.mp4", "b.mkv", "big4k.mp4", "c.webm", "fast_cut.mp4", "img.png", "nocap.mp4"]
-    assert rows["a.mp4"][1:] == ["The video shows a pan over colours", "40", "30", "48", "64"]
-    assert rows["b.mkv"][1:] == ["an mkv", "40", "25", "48", "64"] and rows["c.webm"][1:3] == ["a webm", "30"]
-    assert rows["big4k.mp4"][1:] == ["a 4K clip", "4", "30", "2160", "3840"] and rows["img.png"][2] == "1"
-    assert rows["nocap.mp4"][1] == "" and rows["fast_cut.mp4"][2] == "40"  # its index lists 40 frames
-    bad = {os.path.basename(p): reason for p, reason in prepare.read_rows(prepare.bad_path(raw))}
-    assert sorted(bad) == ["cut.mp4", "empty.webm", "text.mp4"] and all("unreadable" in r for r in bad.values())
-    err = capfd.readouterr()
-    assert all(f"bad: {v / n}:" in err.err for n in bad) and "2 rows have no caption" in err.out  # nocap, fast_cut
-    prepare.main(["check", raw, good, "--workers", "2"])
-    assert [r[0] for r in prepare.read_rows(prepare.bad_path(good))] == [str(v / "fast_cut.mp4")]
-    assert "truncated: the container lists 40 frames" in prepare.read_rows(prepare.bad_path(good))[0][1]
-    assert len(prepare.read_rows(good)) == 6 and not os.path.exists(good + ".partial")
-    prepare.main(["filter", good, train, "--fmin", "4", "--remove_empty_caption", "--remove_caption_prefix"])
-    rows = {os.path.basename(r[0]): r for r in prepare.read_rows(train)}
-    assert sorted(rows) == ["a.mp4", "b.mkv", "big4k.mp4", "c.webm"]  # img.png: 1 frame; nocap.mp4: no caption
-    assert rows["a.mp4"][1] == "A pan over colours"
-    with pytest.raises(BadInput, match="row 1: no num_frames"):
-        prepare.main(["filter", str(tmp_path / "captions.csv"), str(tmp_path / "x.csv"), "--fmax", "5"])
-    out = run_train(tmp_path, f"--data_path={train}", "--cache_dir=None", "--make_shapes=0", "--max_steps=2",
-                    "--batch_size=2", f"--outputs={tmp_path}/o", "--image_size=(16, 16)")
-    assert sorted(losses(tmp_path / "o/shapes")) == [1, 2], out.stderr[-2000:]
-
-
-_real_describe = prepare.describe
-
-
-def _describe_until_power_cut(path):  # module level: the pool pickles it by name
-    if path.endswith("c.webm"):
-        raise RuntimeError("power cut")
-    return _real_describe(path)
-
-
-def test_prepare_interrupted_leaves_no_file_and_resumes(tmp_path, monkeypatch, capfd):
-    v, raw = video_folder(tmp_path), str(tmp_path / "raw.csv")
-    monkeypatch.setattr(prepare, "describe", _describe_until_power_cut)
-    with pytest.raises(RuntimeError, match="power cut"):
-        prepare.main(["folder", str(v), raw, "--workers", "1"])  # one worker: the files in order, a.mp4 first
-    assert not os.path.exists(raw) and not os.path.exists(prepare.bad_path(raw))
-    journal = [json.loads(line) for line in open(raw + ".partial")]
-    assert [os.path.basename(p) for p, _ in journal] == ["a.mp4", "big4k.mp4"]
-    with open(raw + ".partial", "w") as f:  # what a.mp4 gave: changed, to show it is not computed again
-        f.write(json.dumps([journal[0][0], [999, "30", 48, 64]]) + "\n" + json.dumps(journal[1]) + "\n[\"cut sh")
-    monkeypatch.undo()
-    prepare.main(["folder", str(v), raw, "--workers", "1"])
-    assert "resuming, 2 of 10 rows already done" in capfd.readouterr().out
-    assert prepare.read_rows(raw)[0][2] == "999" and not os.path.exists(raw + ".partial")
-    assert len(prepare.read_rows(raw)) == 7 and len(prepare.read_rows(prepare.bad_path(raw))) == 3
-
-
-def test_prepare_scenes(tmp_path, monkeypatch):
-    import importlib.util
-    frames = np.zeros((120, 64, 96, 3), np.uint8)
-    frames[:40], frames[40:70], frames[70:] = (220, 30, 30), (20, 20, 20), (30, 30, 220)  # 3 scenes
-    src = write_csv(tmp_path / "src.csv", [[vio.write_video(str(tmp_path / "s.mp4"), frames, 30), "three"],
-                                           [str(tmp_path / "missing.mp4"), "gone"]])
-    out = str(tmp_path / "clips.csv")
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "scenedetect" else find_spec(name))
-    with pytest.raises(SystemExit, match="pip install scenedetect"):
-        prepare.main(["scenes", src, str(tmp_path / "clips"), out])
-    monkeypatch.undo()
-    if find_spec("scenedetect") is None:
-        pytest.skip("PySceneDetect is not installed (pip install scenedetect)")
-    prepare.main(["scenes", src, str(tmp_path / "clips"), out, "--min_seconds=0.5", "--max_seconds=1.2",
-                  "--shorter_size=32", "--workers=1"])
-    rows = prepare.read_rows(out)  # red 40 frames -> 36 (+4 dropped), black 30, blue 50 -> 36 (+14 dropped)
-    assert [(os.path.basename(r[0]), r[1:]) for r in rows] == [
-        (f"s_scene-{k}.mp4", ["three", n, "30", "32", "48"]) for k, n in enumerate(["36", "30", "36"])]
-    for (path, *_), colour in zip(rows, [(220, 30, 30), (20, 20, 20), (30, 30, 220)]):
-        assert np.abs(vio.read_video(path).astype(int) - colour).max() < 12
-    assert prepare.read_rows(prepare.bad_path(out))[0][0] == str(tmp_path / "missing.mp4")
-
-
-def test_prepare_bench_measures_the_loader(tmp_path):
-    import bench
-    clip = vio.write_video(str(tmp_path / "p.mp4"), pan_frames(90), 30, options=dict(g="30"))
-    csv_path = write_csv(tmp_path / "b.csv", [[clip, "pan"]] * 20)
-    assert bench.loader_rate(csv_path, 4, 16, 2, 1, 4) > 0
-    assert bench.window_seconds(clip, 2.0, frames=4) > 0 and bench.window_seconds(clip, 0.1, seek=False) > 0
-
-
-# ============================================================================= parallel.py
-TINY_ST = dict(input_size=(4, 8, 8), in_channels=4, patch_size=(1, 2, 2), hidden_size=32, depth=2, num_heads=4,
-               caption_channels=16, model_max_length=8, class_dropout_prob=0)
+# ============================================================================= parallel.py: sharded sampler, ZeroAdamW, ZeRO-2 and sequence parallelism on gloo
 OPT = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+
+
 CLIP = 0.3  # below the tiny model's gradient norm (printed), so clipping is exercised
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, sp_size, fn, args, out_dir):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    ctx = parallel.setup(sp_size)
-    try:
-        torch.save(fn(ctx, *args), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        parallel.cleanup()
-
-
-def spawn(fn, world, tmp_path, *args, sp_size=1):
-    """Run fn(ctx, *args) on `world` gloo processes; returns each rank's result."""
-    mp.spawn(_worker, args=(world, free_port(), sp_size, fn, args, str(tmp_path)), nprocs=world)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
 def tiny_stdit(seed=0):
@@ -1973,7 +1867,6 @@ def max_update_err(model, ref, init):
     return max(rel_err(p - p0, q - p0) for p, q, p0 in zip(model.parameters(), ref.parameters(), init.parameters()))
 
 
-# ----------------------------------------------------------------------------- sampler, layout, errors
 def test_sharded_sampler():
     samplers = [parallel.ShardedSampler(10, r, 3, seed=1) for r in range(3)]
     lists = [list(s) for s in samplers]
@@ -2037,7 +1930,6 @@ def test_zero_adamw_ema_follows_the_fp32_master_weights():
     assert opt.memory_bytes() == 4 * 4 * sum(p.numel() for p in model.parameters())  # master, 2 moments, EMA (fp32)
 
 
-# ----------------------------------------------------------------------------- ZeRO-2 on 2 ranks
 def _zero2_run(ctx, steps):
     model = tiny_stdit()
     opt = parallel.ZeroAdamW(model.named_parameters(), **OPT)
@@ -2072,7 +1964,6 @@ def test_zero2_two_ranks_matches_adamw(tmp_path):
         assert res["memory"] <= single // 2 + 3 * 4 * 2 * 8  # halves (a few bytes of padding per bucket)
 
 
-# ----------------------------------------------------------------------------- checkpoints across rank counts
 def _resume_run(ctx, state_path, save_path):
     """Continue 2 steps from a 1-process checkpoint, and (separately) save one after 2 steps of our own."""
     ckpt = torch.load(state_path, weights_only=True)
@@ -2120,9 +2011,8 @@ def test_checkpoint_moves_between_rank_counts(tmp_path):
         opt.load_state_dict(bad)
 
 
-# ----------------------------------------------------------------------------- sequence parallelism
 def _sp_primitives(ctx):
-    g, n, r = ctx.sp_group, ctx.sp_size, ctx.sp_rank
+    g, r = ctx.sp_group, ctx.sp_rank
     out = {}
     # split/gather gradient scaling on a toy "model": duplicated -> split -> per-rank -> gather -> duplicated
     torch.manual_seed(0)  # same on every rank
@@ -2266,7 +2156,53 @@ def test_sequence_parallel_stdit_dp2_sp2(tmp_path):
     _check_sp(res, 2, "STDiT dp 2 x sp 2")
 
 
-# ============================================================================= config.py, train.py, sample.py
+# ============================================================================= toy.py: the toy set and its judge
+def test_shapes_and_judge(tmp_path):
+    csv_path = toy.make_shapes(str(tmp_path / "shapes"), 32, seed=1)
+    rows = data.read_csv(csv_path)
+    assert sorted(c for _, c in rows) == sorted(toy.SHAPES_PROMPTS) and len(set(toy.SHAPES_PROMPTS)) == 32
+    assert all(re.fullmatch(r"a (red|green|blue|yellow) (circle|square) moving (left|right|up|down)", c)
+               for _, c in rows)
+    for path, caption in rows:
+        frames = vio.read_video(path)
+        assert frames.shape == (16, 32, 32, 3)
+        r = toy.judge_clip(frames, caption)
+        assert r["colour_ok"] and r["direction_ok"], (path, caption, r)
+        assert not toy.judge_clip(frames[::-1], caption)["direction_ok"]  # played backwards
+        assert not toy.judge_clip(frames[..., [1, 2, 0]], caption)["colour_ok"]  # red->blue, green->red, ...
+        assert not toy.judge_clip(np.zeros_like(frames), caption)["colour_ok"]  # nothing there
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # the float (3, T, H, W) form
+    assert toy.judge_clip(video, caption)["colour_ok"]
+    assert toy.judge_files(str(tmp_path / "shapes"))["both"] == 1.0
+    named = tmp_path / "named"
+    vio.write_video(str(named / "a_red_circle_moving_right-seed0.mp4"), frames, 8)  # it is not a red circle
+    assert toy.caption_from_name("x/a_red_circle_moving_right-seed0.mp4") == "a red circle moving right"
+    expected = toy.judge_clip(frames, "a red circle moving right")
+    acc = toy.judge_files(str(named))
+    assert acc["n"] == 1 and acc["both"] == float(expected["colour_ok"] and expected["direction_ok"])
+
+
+def test_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):
+    # a config's data_path may name any CSV file, also one in the current folder (data_path="toy.csv")
+    path = toy.make_shapes(str(tmp_path / "s"), 2, num_frames=4, size=8, csv_name="val.csv")
+    assert path == str(tmp_path / "s" / "val.csv")
+    assert sorted(os.listdir(tmp_path / "s")) == ["00000.mp4", "00001.mp4", "val.csv"]  # no train.csv
+    assert [c for _, c in data.read_csv(path)] == toy.SHAPES_PROMPTS[:2]
+    monkeypatch.chdir(tmp_path)
+    assert toy.make_shapes("", 1, num_frames=4, size=8, csv_name="toy.csv") == "toy.csv"
+    assert len(data.read_csv(str(tmp_path / "toy.csv"))) == 1
+
+
+# ============================================================================= config.py: loading, overrides, validation (and the builders' type checks it relies on)
+def test_build_unknown_types():
+    with pytest.raises(BadInput, match=r"vae.type='VideoVAE': give one of VideoAutoencoderKL.*identity"):
+        V.build_vae(dict(type="VideoVAE"))
+    with pytest.raises(BadInput, match=r"text_encoder.type='bert': give one of t5, clip, classes"):
+        TX.build_text_encoder(dict(type="bert"))
+    with pytest.raises(BadInput, match=r"scheduler.ddim_steps=10: not a keyword of scheduler type 'iddpm'"):
+        build_scheduler(dict(type="iddpm", ddim_steps=10))
+
+
 def test_config_loads_and_overrides(tmp_path):
     cfg = load_config(str(ROOT / "configs/opensora/train/16x256x256.py"), ["--batch_size=4", "--model.space_scale=0.25",
                                                        "--outputs=runs/a", "--image_size=(128, 128)"])
@@ -2304,9 +2240,9 @@ def test_config_unknown_nested_keys():
 
 def test_config_override_types():
     path = str(ROOT / "configs/shapes.py")
-    for arg, types in [("--max_steps=ten", "str .*int"), ("--batch_size=2.5", "float .*int"),
+    for arg, want in [("--max_steps=ten", "str .*int"), ("--batch_size=2.5", "float .*int"),
                        ("--model.hidden_size='64'", "str .*int"), ("--image_size=8", "int .*tuple")]:
-        with pytest.raises(BadInput, match=f"{re.escape(arg[2:].split('=')[0])}.*{types}"):
+        with pytest.raises(BadInput, match=f"{re.escape(arg[2:].split('=')[0])}.*{want}"):
             load_config(path, [arg])
     cfg = load_config(path, ["--lr=1", "--grad_checkpoint=2", "--eval_prompts=None", "--max_steps=7"])
     assert cfg["lr"] == 1 and cfg["grad_checkpoint"] == 2 and cfg["eval_prompts"] is None and cfg["max_steps"] == 7
@@ -2352,78 +2288,6 @@ def test_config_open_sora_v1_file(tmp_path):
         m = build_model(cfg["model"] | dict(from_pretrained=None), input_size=(16, 32, 32), in_channels=4,
                         caption_channels=4096, model_max_length=120)
     assert sum(p.numel() for p in m.parameters()) > 500e6
-
-
-# ---- every config in configs/, at toy size: 2 training steps (train configs) and one sample, on the CPU ----
-CONFIGS = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.py"))
-TINY_ENCODERS = dict(  # size overrides of each text encoder type: a random tiny one of the same class
-    t5=["--text_encoder.from_pretrained=None", "--text_encoder.model_max_length=8",
-        "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"],
-    clip=["--text_encoder.from_pretrained=None", "--text_encoder.config={'hidden_size': 16, 'intermediate_size': 32, "
-          "'num_hidden_layers': 1, 'num_attention_heads': 2}"], classes=[])
-
-
-def tiny_overrides(cfg, tmp):
-    """Only sizes change: a tiny model, VAE and text encoder of the config's own types, tiny data, few steps."""
-    h, w = cfg["image_size"]
-    size = tuple(4 * round(n * 16 / min(h, w) / 4) for n in (h, w))  # the short side 16 pixels, the aspect kept
-    args = [f"--num_frames={cfg['num_frames'] if cfg['num_frames'] <= 4 else 2}", "--frame_interval=1", f"--image_size={size}",
-            "--model.depth=2", "--model.hidden_size=24", "--model.num_heads=2", "--model.from_pretrained=None",
-            "--batch_size=2", "--num_workers=0", "--plugin=zero2", "--sp_size=1", f"--outputs={tmp}/outputs",
-            f"--save_dir={tmp}/samples", f"--data_path={tmp}/train.csv", "--max_steps=2", "--ckpt_every=2",
-            "--eval_prompts=None", "--log_every=1",
-            f"--{'sample_scheduler' if cfg['sample_scheduler'] else 'scheduler'}.num_sampling_steps=2",
-            *TINY_ENCODERS[cfg["text_encoder"]["type"]]]
-    if cfg["vae"]["type"] != "identity":
-        args += ["--vae.from_pretrained=None",
-                 "--vae.config={'block_out_channels': (16, 16), 'norm_num_groups': 4, 'layers_per_block': 1}"]
-    return args + (["--make_shapes=0", "--cache_dir=None"] if cfg["make_shapes"] else [])
-
-
-def tiny_data(tmp, num_frames, size):
-    """Two clips and an image (image rows in every data set), captioned with class ids: every encoder reads them."""
-    rows = []
-    for i in range(2):
-        frames = np.random.default_rng(i).integers(0, 256, (max(2 * num_frames, 4), *size, 3), dtype=np.uint8)
-        rows.append([vio.write_video(str(tmp / f"clip{i}.mp4"), frames), str(i + 1)])
-    rows.append([vio.write_video(str(tmp / "image.png"), frames[:1]), "3"])
-    write_csv(tmp / "train.csv", rows)
-
-
-@pytest.mark.parametrize("name", CONFIGS)
-def test_every_config_trains_and_samples_at_toy_size(name, tmp_path, monkeypatch):
-    import runpy
-
-    import sample
-    monkeypatch.chdir(tmp_path)
-    path = str(ROOT / "configs" / name)
-    cfg = load_config(path)
-    args = tiny_overrides(cfg, tmp_path)
-    small = load_config(path, args)
-    tiny_data(tmp_path, small["num_frames"], small["image_size"])
-    prompts = ["1", "2"]
-    if cfg["data_path"] is not None:  # a training config: 2 steps, then sample from the run folder
-        monkeypatch.setattr(sys, "argv", ["train.py", path, *args])
-        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-        run = tmp_path / "outputs" / os.path.splitext(os.path.basename(name))[0]
-        assert sorted(losses(run)) == [1, 2] and all(np.isfinite(list(losses(run).values())))
-        ckpt = str(run)
-    else:  # a sampling config: random weights of the model it builds
-        ckpt = str(tmp_path / "random.pt")
-        enc = TX.build_text_encoder(small["text_encoder"])
-        vae = V.build_vae(small["vae"])
-        model = build_model(small["model"], input_size=vae.get_latent_size((small["num_frames"], *small["image_size"])),
-                            in_channels=vae.out_channels, caption_channels=enc.output_dim,
-                            model_max_length=enc.model_max_length)
-        torch.save(randomized(model).state_dict(), ckpt)
-    monkeypatch.setattr(sys, "argv", ["sample.py", "--config", path, "--ckpt", ckpt, *prompts, *args])
-    sample.main()
-    ext = ".png" if small["num_frames"] == 1 else ".mp4"
-    written = sorted(os.listdir(tmp_path / "samples"))
-    written = [f for f in written if not f.endswith(".json")]  # (the sidecars: test_sample_sidecar_..)
-    assert written == sorted(sample.video_name(p, small["seed"] + k) + ext for k, p in enumerate(prompts)), written
-    frames = read_video(str(tmp_path / "samples" / written[0]))
-    assert frames.shape == (small["num_frames"], *small["image_size"], 3)
 
 
 @pytest.mark.skipif(not os.environ.get("OPENSORA_V1"), reason="set OPENSORA_V1 to a checkout of Open-Sora v1.0.0")
@@ -2542,95 +2406,7 @@ def test_reliability_open_sora_v1_placeholders(tmp_path):
     validate(cfg, "sample")
 
 
-TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.hidden_size=32", "--log_every=1",
-              "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}",
-              "--eval_prompts=None"]
-
-
-def run_train(tmp, *args, env=None):
-    cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), *TINY_TRAIN,
-           f"--data_path={tmp}/data/train.csv", f"--cache_dir={tmp}/data/cache", *args]
-    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
-
-
-def losses(run_dir):
-    return {int(s): float(v) for s, v in (line.split() for line in open(run_dir / "loss.txt"))}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """6 uninterrupted steps (checkpoints at 3 and 6) of the demo config at toy size."""
-    tmp = tmp_path_factory.mktemp("train")
-    run_train(tmp, "--max_steps=6", "--ckpt_every=3", f"--outputs={tmp}/a")
-    return tmp
-
-
-def test_train_resume_is_exact(tiny_run):
-    tmp = tiny_run
-    run_train(tmp, "--max_steps=3", "--ckpt_every=3", f"--outputs={tmp}/b")
-    run_train(tmp, "--max_steps=6", "--ckpt_every=3", f"--outputs={tmp}/b", f"--load={tmp}/b/shapes")
-    a, b = losses(tmp / "a/shapes"), losses(tmp / "b/shapes")
-    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
-    assert all(a[s] == b[s] for s in a), (a, b)  # bit-identical on CPU
-    ckpt = torch.load(tmp / "b/shapes/step0000006.pt", weights_only=True)
-    assert ckpt["step"] == 6 and set(ckpt) >= {"model", "ema", "optimizer", "rng", "config", "epoch", "start"}
-    ema = torch.load(tmp / "a/shapes/step0000006.pt", weights_only=True)["ema"]  # the EMA resumes exactly too
-    assert ema.keys() == ckpt["model"].keys() and all(torch.equal(ema[k], ckpt["ema"][k]) for k in ema)
-    assert not torch.equal(ema["final_layer.linear.weight"], ckpt["model"]["final_layer.linear.weight"])
-
-
-def test_train_stops_after_max_bad_steps_in_a_row(tiny_run):
-    """lr 1e30: the first update blows the weights up, every later loss is non-finite and skipped, then the run stops."""
-    with pytest.raises(AssertionError, match="step 4: 3 non-finite losses/gradients in a row"):
-        run_train(tiny_run, "--max_steps=20", "--lr=1e30", "--max_bad_steps=3", f"--outputs={tiny_run}/bad")
-
-
-def test_train_lowers_loss(tmp_path):
-    run_train(tmp_path, "--max_steps=40", "--ckpt_every=1000", "--lr=2e-3", f"--outputs={tmp_path}/o",
-              "--make_shapes=8")  # one fixed batch of 8 clips
-    loss = losses(tmp_path / "o/shapes")
-    first, last = sum(loss[s] for s in range(1, 6)) / 5, sum(loss[s] for s in range(36, 41)) / 5
-    assert last < 0.7 * first, (first, last)  # measured 0.98 -> 0.54
-
-
-WANDB_STUB = """import json
-def init(**kwargs):
-    open("wandb_calls.jsonl", "a").write(json.dumps(dict(init=sorted(kwargs))) + "\\n")
-def log(scalars, step):
-    open("wandb_calls.jsonl", "a").write(json.dumps(dict(step=step, **scalars)) + "\\n")
-"""
-
-
-def test_train_logs_to_wandb(tmp_path):
-    """--wandb=True: wandb.init once, then wandb.log every log_every steps with the loss that loss.txt holds (a stub
-    wandb module stands in for the real one, which needs an account)."""
-    (tmp_path / "stub").mkdir()
-    (tmp_path / "stub/wandb.py").write_text(WANDB_STUB)
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "stub"))
-    run_train(tmp_path, "--max_steps=4", "--log_every=2", "--wandb=True", f"--outputs={tmp_path}/o", env=env)
-    calls = [json.loads(line) for line in open(tmp_path / "wandb_calls.jsonl")]
-    assert "config" in calls[0]["init"] and [c["step"] for c in calls[1:]] == [2, 4]
-    assert [c["loss"] for c in calls[1:]] == [losses(tmp_path / "o/shapes")[s] for s in (2, 4)]
-
-
-def test_checkpoint_write_interrupted_keeps_previous(tmp_path, monkeypatch):
-    save_checkpoint({"step": 1, "w": torch.ones(3)}, str(tmp_path / "step0000001.pt"))
-
-    def broken_save(obj, f, *a, **k):
-        open(f, "wb").write(b"half a checkpoint")
-        raise OSError("disk full")
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(tmp_path / "step0000002.pt"))
-    monkeypatch.undo()
-    latest = checkpoint_files(str(tmp_path))[0]
-    assert latest.endswith("step0000001.pt")
-    assert torch.load(latest, weights_only=True)["step"] == 1
-    assert sorted(os.listdir(tmp_path)) == ["step0000001.pt"]  # no temp file left behind
-
-
+# ============================================================================= sample.py: prompts, outputs, sidecars, command lines
 def test_sample_writes_mp4(tiny_run):
     tmp = tiny_run
     out = subprocess.run(
@@ -2687,27 +2463,6 @@ def test_sample_refuses_scheduler_overrides_it_would_ignore(tmp_path, monkeypatc
     # configs/shapes.py samples with its sample_scheduler: --scheduler.* would change nothing
     message = run_sample_main(monkeypatch, "shapes", "--ckpt", str(tmp_path), "--scheduler.num_sampling_steps=3")
     assert "--sample_scheduler." in message and "dpm-solver" in message
-
-
-def test_reliability_resume_skips_a_truncated_checkpoint_and_cuts_loss_txt(tiny_run):
-    """Killed while its step-6 checkpoint was copied (truncated) and after writing loss lines past it: --load takes
-    step 3 (saying why not 6), loss.txt keeps steps 1-3 and gets 4-6 anew, equal to the uninterrupted run's; with
-    keep_last=1 only the new step 6 remains."""
-    tmp, run = tiny_run, tiny_run / "c/shapes"
-    run.mkdir(parents=True)
-    for name in ("step0000003.pt", "loss.txt"):
-        (run / name).write_bytes((tmp / "a/shapes" / name).read_bytes())
-    blob = (tmp / "a/shapes/step0000006.pt").read_bytes()
-    (run / "step0000006.pt").write_bytes(blob[:len(blob) // 2])
-    with open(run / "loss.txt", "a") as f:
-        f.write("7 0.5\n8 0.")  # steps the killed run logged after its last checkpoint, the last one cut short
-    out = run_train(tmp, "--max_steps=6", "--ckpt_every=3", f"--load={run}", "--keep_last=1")
-    assert f"skipping {run}/step0000006.pt: cannot be read" in out.stderr
-    assert f"resumed from {run}/step0000003.pt at step 3" in out.stdout
-    assert [line.split()[0] for line in open(run / "loss.txt")] == ["1", "2", "3", "4", "5", "6"]
-    assert losses(run) == losses(tmp / "a/shapes")  # bit-identical to the run that was never interrupted
-    assert sorted(os.listdir(run)) == ["loss.txt", "step0000006.pt"]
-    assert torch.load(run / "step0000006.pt", weights_only=True)["step"] == 6
 
 
 def test_reliability_output_names_unique_and_never_overwritten(tmp_path):
@@ -2872,33 +2627,79 @@ def test_sample_torchrun_splits_prompts_sp_and_sidecar_reproduce(tiny_run):
     assert np.abs(vio.read_video(again).astype(int) - one[os.path.basename(again)]).max() <= 1  # measured: 0
 
 
-def test_reliability_entry_points_print_one_line(tmp_path, monkeypatch, capsys):
-    """Bad input prints one line, exits with code 2 and writes nothing (train.py, run as a program); sample.py and
-    prepare.py install the same excepthook; NANOSORA_DEBUG=1 shows the traceback instead."""
-    shapes = str(ROOT / "configs/shapes.py")
-    out = subprocess.run([sys.executable, str(ROOT / "train.py"), shapes, "--batch_size=0"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
-    assert (out.returncode, out.stdout, out.stderr) == (2, "", "error: batch_size=0: give a whole number >= 1\n")
-    assert not os.listdir(tmp_path)
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
-    for argv, message in [(["sample.py", "--config", shapes, "-x"], "'-x' is not a flag of sample.py"),
-                          (["prepare.py", "cache", "nope.py"], "nope.py: no such config file")]:
-        monkeypatch.setattr(sys, "argv", argv)
-        sys.excepthook = sys.__excepthook__
-        with pytest.raises(BadInput, match=message):
-            runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
-        assert sys.excepthook is one_line_errors, argv[0]
-    try:
-        raise BadInput("batch_size=0: give a whole number >= 1")
-    except BadInput as e:
-        error = e
-    monkeypatch.setenv("NANOSORA_DEBUG", "1")
-    one_line_errors(BadInput, error, error.__traceback__)
-    assert "Traceback" in capsys.readouterr().err
-    monkeypatch.delenv("NANOSORA_DEBUG")
-    with pytest.raises(SystemExit, match="2"):
-        one_line_errors(PermissionError, PermissionError(13, "Permission denied"), None)
-    assert capsys.readouterr().err == "error: PermissionError: [Errno 13] Permission denied\n"
+# ============================================================================= train.py: resume, stops, logging, torchrun
+TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.hidden_size=32", "--log_every=1",
+              "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}",
+              "--eval_prompts=None"]
+
+
+def test_train_resume_is_exact(tiny_run):
+    tmp = tiny_run
+    run_train(tmp, "--max_steps=3", "--ckpt_every=3", f"--outputs={tmp}/b")
+    run_train(tmp, "--max_steps=6", "--ckpt_every=3", f"--outputs={tmp}/b", f"--load={tmp}/b/shapes")
+    a, b = losses(tmp / "a/shapes"), losses(tmp / "b/shapes")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert all(a[s] == b[s] for s in a), (a, b)  # bit-identical on CPU
+    ckpt = torch.load(tmp / "b/shapes/step0000006.pt", weights_only=True)
+    assert ckpt["step"] == 6 and set(ckpt) >= {"model", "ema", "optimizer", "rng", "config", "epoch", "start"}
+    ema = torch.load(tmp / "a/shapes/step0000006.pt", weights_only=True)["ema"]  # the EMA resumes exactly too
+    assert ema.keys() == ckpt["model"].keys() and all(torch.equal(ema[k], ckpt["ema"][k]) for k in ema)
+    assert not torch.equal(ema["final_layer.linear.weight"], ckpt["model"]["final_layer.linear.weight"])
+
+
+def test_train_stops_after_max_bad_steps_in_a_row(tiny_run):
+    """lr 1e30: the first update blows the weights up, every later loss is non-finite and skipped, then the run stops."""
+    with pytest.raises(AssertionError, match="step 4: 3 non-finite losses/gradients in a row"):
+        run_train(tiny_run, "--max_steps=20", "--lr=1e30", "--max_bad_steps=3", f"--outputs={tiny_run}/bad")
+
+
+def test_train_lowers_loss(tmp_path):
+    run_train(tmp_path, "--max_steps=40", "--ckpt_every=1000", "--lr=2e-3", f"--outputs={tmp_path}/o",
+              "--make_shapes=8")  # one fixed batch of 8 clips
+    loss = losses(tmp_path / "o/shapes")
+    first, last = sum(loss[s] for s in range(1, 6)) / 5, sum(loss[s] for s in range(36, 41)) / 5
+    assert last < 0.7 * first, (first, last)  # measured 0.98 -> 0.54
+
+
+WANDB_STUB = """import json
+def init(**kwargs):
+    open("wandb_calls.jsonl", "a").write(json.dumps(dict(init=sorted(kwargs))) + "\\n")
+def log(scalars, step):
+    open("wandb_calls.jsonl", "a").write(json.dumps(dict(step=step, **scalars)) + "\\n")
+"""
+
+
+def test_train_logs_to_wandb(tmp_path):
+    """--wandb=True: wandb.init once, then wandb.log every log_every steps with the loss that loss.txt holds (a stub
+    wandb module stands in for the real one, which needs an account)."""
+    (tmp_path / "stub").mkdir()
+    (tmp_path / "stub/wandb.py").write_text(WANDB_STUB)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "stub"))
+    run_train(tmp_path, "--max_steps=4", "--log_every=2", "--wandb=True", f"--outputs={tmp_path}/o", env=env)
+    calls = [json.loads(line) for line in open(tmp_path / "wandb_calls.jsonl")]
+    assert "config" in calls[0]["init"] and [c["step"] for c in calls[1:]] == [2, 4]
+    assert [c["loss"] for c in calls[1:]] == [losses(tmp_path / "o/shapes")[s] for s in (2, 4)]
+
+
+def test_reliability_resume_skips_a_truncated_checkpoint_and_cuts_loss_txt(tiny_run):
+    """Killed while its step-6 checkpoint was copied (truncated) and after writing loss lines past it: --load takes
+    step 3 (saying why not 6), loss.txt keeps steps 1-3 and gets 4-6 anew, equal to the uninterrupted run's; with
+    keep_last=1 only the new step 6 remains."""
+    tmp, run = tiny_run, tiny_run / "c/shapes"
+    run.mkdir(parents=True)
+    for name in ("step0000003.pt", "loss.txt"):
+        (run / name).write_bytes((tmp / "a/shapes" / name).read_bytes())
+    blob = (tmp / "a/shapes/step0000006.pt").read_bytes()
+    (run / "step0000006.pt").write_bytes(blob[:len(blob) // 2])
+    with open(run / "loss.txt", "a") as f:
+        f.write("7 0.5\n8 0.")  # steps the killed run logged after its last checkpoint, the last one cut short
+    out = run_train(tmp, "--max_steps=6", "--ckpt_every=3", f"--load={run}", "--keep_last=1")
+    assert f"skipping {run}/step0000006.pt: cannot be read" in out.stderr
+    assert f"resumed from {run}/step0000003.pt at step 3" in out.stdout
+    assert [line.split()[0] for line in open(run / "loss.txt")] == ["1", "2", "3", "4", "5", "6"]
+    assert losses(run) == losses(tmp / "a/shapes")  # bit-identical to the run that was never interrupted
+    assert sorted(os.listdir(run)) == ["loss.txt", "step0000006.pt"]
+    assert torch.load(run / "step0000006.pt", weights_only=True)["step"] == 6
 
 
 def test_train_torchrun_zero2_seq_two_ranks(tmp_path):
@@ -2914,3 +2715,228 @@ def test_train_torchrun_zero2_seq_two_ranks(tmp_path):
     with pytest.raises(subprocess.CalledProcessError):  # zero2-seq without sp, or zero2 with sp: refused
         subprocess.run([sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), "--sp_size=2"],
                        cwd=tmp_path, capture_output=True, check=True, timeout=120)
+
+
+# ============================================================================= configs/: every config trains two steps and samples at toy size
+# ---- every config in configs/, at toy size: 2 training steps (train configs) and one sample, on the CPU ----
+CONFIGS = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.py"))
+
+
+TINY_ENCODERS = dict(  # size overrides of each text encoder type: a random tiny one of the same class
+    t5=["--text_encoder.from_pretrained=None", "--text_encoder.model_max_length=8",
+        "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"],
+    clip=["--text_encoder.from_pretrained=None", "--text_encoder.config={'hidden_size': 16, 'intermediate_size': 32, "
+          "'num_hidden_layers': 1, 'num_attention_heads': 2}"], classes=[])
+
+
+def tiny_overrides(cfg, tmp):
+    """Only sizes change: a tiny model, VAE and text encoder of the config's own types, tiny data, few steps."""
+    h, w = cfg["image_size"]
+    size = tuple(4 * round(n * 16 / min(h, w) / 4) for n in (h, w))  # the short side 16 pixels, the aspect kept
+    args = [f"--num_frames={cfg['num_frames'] if cfg['num_frames'] <= 4 else 2}", "--frame_interval=1", f"--image_size={size}",
+            "--model.depth=2", "--model.hidden_size=24", "--model.num_heads=2", "--model.from_pretrained=None",
+            "--batch_size=2", "--num_workers=0", "--plugin=zero2", "--sp_size=1", f"--outputs={tmp}/outputs",
+            f"--save_dir={tmp}/samples", f"--data_path={tmp}/train.csv", "--max_steps=2", "--ckpt_every=2",
+            "--eval_prompts=None", "--log_every=1",
+            f"--{'sample_scheduler' if cfg['sample_scheduler'] else 'scheduler'}.num_sampling_steps=2",
+            *TINY_ENCODERS[cfg["text_encoder"]["type"]]]
+    if cfg["vae"]["type"] != "identity":
+        args += ["--vae.from_pretrained=None",
+                 "--vae.config={'block_out_channels': (16, 16), 'norm_num_groups': 4, 'layers_per_block': 1}"]
+    return args + (["--make_shapes=0", "--cache_dir=None"] if cfg["make_shapes"] else [])
+
+
+def tiny_data(tmp, num_frames, size):
+    """Two clips and an image (image rows in every data set), captioned with class ids: every encoder reads them."""
+    rows = []
+    for i in range(2):
+        frames = np.random.default_rng(i).integers(0, 256, (max(2 * num_frames, 4), *size, 3), dtype=np.uint8)
+        rows.append([vio.write_video(str(tmp / f"clip{i}.mp4"), frames), str(i + 1)])
+    rows.append([vio.write_video(str(tmp / "image.png"), frames[:1]), "3"])
+    write_csv(tmp / "train.csv", rows)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_trains_and_samples_at_toy_size(name, tmp_path, monkeypatch):
+    import runpy
+
+    import sample
+    monkeypatch.chdir(tmp_path)
+    path = str(ROOT / "configs" / name)
+    cfg = load_config(path)
+    args = tiny_overrides(cfg, tmp_path)
+    small = load_config(path, args)
+    tiny_data(tmp_path, small["num_frames"], small["image_size"])
+    prompts = ["1", "2"]
+    if cfg["data_path"] is not None:  # a training config: 2 steps, then sample from the run folder
+        monkeypatch.setattr(sys, "argv", ["train.py", path, *args])
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+        run = tmp_path / "outputs" / os.path.splitext(os.path.basename(name))[0]
+        assert sorted(losses(run)) == [1, 2] and all(np.isfinite(list(losses(run).values())))
+        ckpt = str(run)
+    else:  # a sampling config: random weights of the model it builds
+        ckpt = str(tmp_path / "random.pt")
+        enc = TX.build_text_encoder(small["text_encoder"])
+        vae = V.build_vae(small["vae"])
+        model = build_model(small["model"], input_size=vae.get_latent_size((small["num_frames"], *small["image_size"])),
+                            in_channels=vae.out_channels, caption_channels=enc.output_dim,
+                            model_max_length=enc.model_max_length)
+        torch.save(randomized(model).state_dict(), ckpt)
+    monkeypatch.setattr(sys, "argv", ["sample.py", "--config", path, "--ckpt", ckpt, *prompts, *args])
+    sample.main()
+    ext = ".png" if small["num_frames"] == 1 else ".mp4"
+    written = sorted(os.listdir(tmp_path / "samples"))
+    written = [f for f in written if not f.endswith(".json")]  # (the sidecars: test_sample_sidecar_..)
+    assert written == sorted(sample.video_name(p, small["seed"] + k) + ext for k, p in enumerate(prompts)), written
+    frames = read_video(str(tmp_path / "samples" / written[0]))
+    assert frames.shape == (small["num_frames"], *small["image_size"], 3)
+
+
+# ============================================================================= prepare.py: folder, check, filter, scenes, cache
+def faststart_cut(src, dst):
+    """src remuxed with its index first (as web mp4s are), then cut: the index lists frames that are not there."""
+    with av.open(src) as i, av.open(dst, "w", options={"movflags": "faststart"}) as o:
+        stream = o.add_stream_from_template(i.streams.video[0])
+        for packet in i.demux(i.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                o.mux(packet)
+    blob = open(dst, "rb").read()
+    open(dst, "wb").write(blob[:len(blob) * 2 // 3])
+    return dst
+
+
+def video_folder(tmp_path):
+    """videos/: captioned by .txt (an H.264 mp4, a png), by captions.csv (a VP9 webm, an mkv in a subfolder), a short
+    4K clip captioned by .txt, an mp4 without caption; broken: a cut mp4, a text file named .mp4, an empty .webm, and
+    a cut mp4 whose index comes first (it opens, but frames are missing: only `check` finds it)."""
+    v, frames = tmp_path / "videos", pan_frames(40)
+    (v / "sub").mkdir(parents=True)
+    vio.write_video(str(v / "a.mp4"), frames, 30)
+    (v / "a.txt").write_text("The video shows a pan\nover colours ")
+    write_png(v / "img.png", frames[0])
+    (v / "img.png").with_suffix(".txt").write_text("a still")
+    vio.write_video(str(v / "c.webm"), frames[:30], 30, codec="libvpx-vp9", options={})
+    vio.write_video(str(v / "sub" / "b.mkv"), frames, 25)
+    big = np.zeros((4, 2160, 3840, 3), np.uint8) + np.arange(4, dtype=np.uint8)[:, None, None, None] * 50
+    vio.write_video(str(v / "big4k.mp4"), big, 30, options=dict(preset="ultrafast"))
+    (v / "big4k.txt").write_text("a 4K clip")
+    vio.write_video(str(v / "nocap.mp4"), frames, 30)
+    cut = vio.write_video(str(v / "cut.mp4"), frames, 30)
+    open(cut, "wb").write(open(cut, "rb").read()[:3000])
+    (v / "text.mp4").write_text("not a video")
+    (v / "empty.webm").write_bytes(b"")
+    faststart_cut(str(v / "a.mp4"), str(v / "fast_cut.mp4"))
+    write_csv(tmp_path / "captions.csv", [["sub/b.mkv", "an mkv"], ["c.webm", "a webm"]])
+    return v
+
+
+def test_prepare_folder_check_filter_then_train(tmp_path, capfd):
+    v = video_folder(tmp_path)
+    raw, good, train = (str(tmp_path / n) for n in ("raw.csv", "good.csv", "train.csv"))
+    prepare.main(["folder", str(v), raw, "--captions", str(tmp_path / "captions.csv"), "--workers", "2"])
+    rows = {os.path.basename(r[0]): r for r in prepare.read_rows(raw)}
+    assert sorted(rows) == ["a.mp4", "b.mkv", "big4k.mp4", "c.webm", "fast_cut.mp4", "img.png", "nocap.mp4"]
+    assert rows["a.mp4"][1:] == ["The video shows a pan over colours", "40", "30", "48", "64"]
+    assert rows["b.mkv"][1:] == ["an mkv", "40", "25", "48", "64"] and rows["c.webm"][1:3] == ["a webm", "30"]
+    assert rows["big4k.mp4"][1:] == ["a 4K clip", "4", "30", "2160", "3840"] and rows["img.png"][2] == "1"
+    assert rows["nocap.mp4"][1] == "" and rows["fast_cut.mp4"][2] == "40"  # its index lists 40 frames
+    bad = {os.path.basename(p): reason for p, reason in prepare.read_rows(prepare.bad_path(raw))}
+    assert sorted(bad) == ["cut.mp4", "empty.webm", "text.mp4"] and all("unreadable" in r for r in bad.values())
+    err = capfd.readouterr()
+    assert all(f"bad: {v / n}:" in err.err for n in bad) and "2 rows have no caption" in err.out  # nocap, fast_cut
+    prepare.main(["check", raw, good, "--workers", "2"])
+    assert [r[0] for r in prepare.read_rows(prepare.bad_path(good))] == [str(v / "fast_cut.mp4")]
+    assert "truncated: the container lists 40 frames" in prepare.read_rows(prepare.bad_path(good))[0][1]
+    assert len(prepare.read_rows(good)) == 6 and not os.path.exists(good + ".partial")
+    prepare.main(["filter", good, train, "--fmin", "4", "--remove_empty_caption", "--remove_caption_prefix"])
+    rows = {os.path.basename(r[0]): r for r in prepare.read_rows(train)}
+    assert sorted(rows) == ["a.mp4", "b.mkv", "big4k.mp4", "c.webm"]  # img.png: 1 frame; nocap.mp4: no caption
+    assert rows["a.mp4"][1] == "A pan over colours"
+    with pytest.raises(BadInput, match="row 1: no num_frames"):
+        prepare.main(["filter", str(tmp_path / "captions.csv"), str(tmp_path / "x.csv"), "--fmax", "5"])
+    out = run_train(tmp_path, f"--data_path={train}", "--cache_dir=None", "--make_shapes=0", "--max_steps=2",
+                    "--batch_size=2", f"--outputs={tmp_path}/o", "--image_size=(16, 16)")
+    assert sorted(losses(tmp_path / "o/shapes")) == [1, 2], out.stderr[-2000:]
+
+
+_real_describe = prepare.describe
+
+
+def _describe_until_power_cut(path):  # module level: the pool pickles it by name
+    if path.endswith("c.webm"):
+        raise RuntimeError("power cut")
+    return _real_describe(path)
+
+
+def test_prepare_interrupted_leaves_no_file_and_resumes(tmp_path, monkeypatch, capfd):
+    v, raw = video_folder(tmp_path), str(tmp_path / "raw.csv")
+    monkeypatch.setattr(prepare, "describe", _describe_until_power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        prepare.main(["folder", str(v), raw, "--workers", "1"])  # one worker: the files in order, a.mp4 first
+    assert not os.path.exists(raw) and not os.path.exists(prepare.bad_path(raw))
+    journal = [json.loads(line) for line in open(raw + ".partial")]
+    assert [os.path.basename(p) for p, _ in journal] == ["a.mp4", "big4k.mp4"]
+    with open(raw + ".partial", "w") as f:  # what a.mp4 gave: changed, to show it is not computed again
+        f.write(json.dumps([journal[0][0], [999, "30", 48, 64]]) + "\n" + json.dumps(journal[1]) + "\n[\"cut sh")
+    monkeypatch.undo()
+    prepare.main(["folder", str(v), raw, "--workers", "1"])
+    assert "resuming, 2 of 10 rows already done" in capfd.readouterr().out
+    assert prepare.read_rows(raw)[0][2] == "999" and not os.path.exists(raw + ".partial")
+    assert len(prepare.read_rows(raw)) == 7 and len(prepare.read_rows(prepare.bad_path(raw))) == 3
+
+
+def test_prepare_scenes(tmp_path, monkeypatch):
+    import importlib.util
+    frames = np.zeros((120, 64, 96, 3), np.uint8)
+    frames[:40], frames[40:70], frames[70:] = (220, 30, 30), (20, 20, 20), (30, 30, 220)  # 3 scenes
+    src = write_csv(tmp_path / "src.csv", [[vio.write_video(str(tmp_path / "s.mp4"), frames, 30), "three"],
+                                           [str(tmp_path / "missing.mp4"), "gone"]])
+    out = str(tmp_path / "clips.csv")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "scenedetect" else find_spec(name))
+    with pytest.raises(SystemExit, match="pip install scenedetect"):
+        prepare.main(["scenes", src, str(tmp_path / "clips"), out])
+    monkeypatch.undo()
+    if find_spec("scenedetect") is None:
+        pytest.skip("PySceneDetect is not installed (pip install scenedetect)")
+    prepare.main(["scenes", src, str(tmp_path / "clips"), out, "--min_seconds=0.5", "--max_seconds=1.2",
+                  "--shorter_size=32", "--workers=1"])
+    rows = prepare.read_rows(out)  # red 40 frames -> 36 (+4 dropped), black 30, blue 50 -> 36 (+14 dropped)
+    assert [(os.path.basename(r[0]), r[1:]) for r in rows] == [
+        (f"s_scene-{k}.mp4", ["three", n, "30", "32", "48"]) for k, n in enumerate(["36", "30", "36"])]
+    for (path, *_), colour in zip(rows, [(220, 30, 30), (20, 20, 20), (30, 30, 220)]):
+        assert np.abs(vio.read_video(path).astype(int) - colour).max() < 12
+    assert prepare.read_rows(prepare.bad_path(out))[0][0] == str(tmp_path / "missing.mp4")
+
+
+# ============================================================================= bench.py: the FLOP count and the loader benchmark
+@pytest.mark.parametrize("kind", ["STDiT", "PixArt", "DiT", "Latte", "DiT-label"])
+def test_flop_count_matches_torch_counter(short_keys, kind):
+    """bench.flops (analytic) against torch's FlopCounterMode on a small model of each architecture, forward. The
+    written-out attention path (every attention of these models is short without a mask) makes the attention FLOPs
+    countable: FlopCounterMode does not count the CPU SDPA kernel."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import bench
+    cls, label = M.MODELS[kind.split("-")[0]], kind.endswith("label")
+    caption = {} if label else dict(caption_channels=24)
+    m = cls(input_size=(3, 4, 6), depth=3, hidden_size=32, num_heads=2, model_max_length=5, **caption,
+            **(dict(condition="label_7") if label else {})).eval()
+    x = torch.randn(2, 4, 3, 4, 6)
+    y = torch.tensor([1, 2]) if label else torch.randn(2, 1, 1 if cls in (M.DiT, M.Latte) else 5, 24)
+    L.SHORT_KEYS = 64  # every attention written out
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        m(x, torch.tensor([5.0, 500.0]), y)  # no mask: every caption key attends, as bench counts
+    counted = counter.get_total_flops() / x.shape[0]
+    ours = bench.flops(m, tuple(x.shape[2:]), 5, train=False)
+    assert abs(ours - counted) / counted < 0.01, (ours, counted)
+    assert bench.flops(m, tuple(x.shape[2:]), 5, train=True) == 3 * ours
+
+
+def test_bench_loader_measures_the_loader(tmp_path):
+    import bench
+    clip = vio.write_video(str(tmp_path / "p.mp4"), pan_frames(90), 30, options=dict(g="30"))
+    csv_path = write_csv(tmp_path / "b.csv", [[clip, "pan"]] * 20)
+    assert bench.loader_rate(csv_path, 4, 16, 2, 1, 4) > 0
+    assert bench.window_seconds(clip, 2.0, frames=4) > 0 and bench.window_seconds(clip, 0.1, seek=False) > 0
