@@ -2722,6 +2722,13 @@ def test_train_torchrun_zero2_seq_two_ranks(tmp_path):
 CONFIGS = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.py"))
 
 
+
+@pytest.mark.parametrize("short, recipe", [("16x256", "16x256x256"), ("16x512", "16x512x512"), ("64x512", "64x512x512")])
+def test_configs_short_names_are_v1_recipes(short, recipe):
+    """configs/16x256.py (the design card's training command) holds the same values as v1.0's own file."""
+    assert load_config(str(ROOT / f"configs/{short}.py")) == load_config(str(ROOT / f"configs/opensora/train/{recipe}.py"))
+
+
 TINY_ENCODERS = dict(  # size overrides of each text encoder type: a random tiny one of the same class
     t5=["--text_encoder.from_pretrained=None", "--text_encoder.model_max_length=8",
         "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"],
