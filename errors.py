@@ -79,8 +79,8 @@ def atomic(path):
         yield tmp
         os.replace(tmp, path)
     except (OSError, RuntimeError, UnicodeError) as e:
-        raise BadInput(f"{path}: cannot be written ({type(e).__name__}: {e}): check the free space, the permissions and "
-                       "the path; the last good one is kept") from e
+        raise BadInput(f"{path}: cannot be written ({type(e).__name__}: {e}): check the free space, the permissions "
+                       "and the path; the last good one is kept") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -89,10 +89,13 @@ def atomic(path):
 def sweep(pattern):
     """Remove the temporary files (PATTERN.tmpPID) that processes killed while writing left behind."""
     for old in glob.glob(pattern + ".tmp*"):
-        pid = old.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and not alive(int(pid)):
+        try:
+            os.kill(int(old.rsplit(".tmp", 1)[1]), 0)  # its writer is alive (PermissionError: another user's)
+        except ProcessLookupError:
             with contextlib.suppress(OSError):
                 os.remove(old)
+        except (ValueError, PermissionError):
+            pass
 
 
 HELD = {}
@@ -106,24 +109,12 @@ def hold(folder):
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        raise BadInput(f"{folder} is in use by another run ({f.read().strip()}): wait for it to end, stop it, or "
-                       "choose another folder") from None
+        raise BadInput(f"{folder} is in use by another run ({open(f.name).read().strip()}): wait for it to end, stop "
+                       "it, or choose another folder") from None
     f.truncate(0)
-    f.write(f"pid {os.getpid()} on host {socket.gethostname()}")
-    f.flush()
+    print(f"pid {os.getpid()} on host {socket.gethostname()}", file=f, flush=True)
     HELD[folder] = f  # kept open: closing it would drop the lock
     sweep(os.path.join(glob.escape(folder), "*"))  # ours alone now: the temp files in it are leftovers
-
-
-def alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def write_atomic(path, text):

@@ -274,19 +274,14 @@ def main(argv):
                        "share the shards)")
     p.add_argument("config", help="a training config, e.g. configs/16x256.py")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key=value overrides, as train.py takes them")
-    args = parser.parse_args(argv)
-    if getattr(args, "workers", 1) < 1:
-        raise BadInput(f"--workers {args.workers}: give 1 or more processes")
-    if args.command == "folder":
-        folder(args.src, args.out, args.captions, args.workers)
-    elif args.command == "scenes":
-        scenes(args.src, args.out_dir, args.out, args.min_seconds, args.max_seconds, args.shorter_size, args.workers)
-    elif args.command == "check":
-        check(args.src, args.out, args.workers)
-    elif args.command == "filter":
-        filter_rows(args.src, args.out, args.fmin, args.fmax, args.remove_empty_caption, args.remove_caption_prefix)
+    args = vars(parser.parse_args(argv))  # each command's flags are its function's parameters
+    if args.get("workers", 1) < 1:
+        raise BadInput(f"--workers {args['workers']}: give 1 or more processes")
+    command = dict(folder=folder, scenes=scenes, check=check, filter=filter_rows).get(args.pop("command"))
+    if command:
+        command(**args)
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args["config"], args["overrides"])
         validate(cfg, "cache")
         toy.ensure_shapes(cfg)
         rank, world, local = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))

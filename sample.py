@@ -56,13 +56,13 @@ def video_name(prompt, seed):
     return f"{slug}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}-seed{seed}"
 
 
-def peak_gib(device):
-    """Peak GPU memory since the last call, in GiB (None on the CPU); starts the next stage's count."""
+def peak_gib(device, before=None):
+    """Peak GPU memory since the last call in GiB, or `before` if larger (None on the CPU); starts the next count."""
     if device.type != "cuda":
         return None
     peak = torch.cuda.max_memory_allocated(device) / 2**30
     torch.cuda.reset_peak_memory_stats(device)
-    return round(peak, 2)
+    return round(max(peak, before or 0), 2)
 
 
 def clock(device):
@@ -92,9 +92,9 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
              free_text_encoder=False, progress=True, overwrite=False):
     """Sample prompts[k] from seeds[k] in batches of cfg["batch_size"]; write mp4s (PNGs for one frame) and their JSON
     sidecars; return the paths. Every prompt through the text encoder (then, if free_text_encoder, T5 is dropped to
-    make room), then batch by batch the diffusion model, and the VAE one video at a time, each saved at once. An existing
-    file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, decode and write
-    nothing (the other ranks of a sequence-parallel group)."""
+    make room), then batch by batch the diffusion model, and the VAE one video at a time, each saved at once. An
+    existing file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, decode and
+    write nothing (the other ranks of a sequence-parallel group)."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
     text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
@@ -125,12 +125,12 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
         latents = scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device, extra,
                                    progress=progress, generators=generators, encoded=enc)
         stats["diffusion_s"] += clock(device) - t0
-        stats["diffusion_peak_gib"] = max_peak(stats.get("diffusion_peak_gib"), device)
+        stats["diffusion_peak_gib"] = peak_gib(device, stats.get("diffusion_peak_gib"))
         for prompt, seed, z in zip(prompts[b], seeds[b], latents if write else []):  # decoded one video at a time
             t0 = clock(device)
             video = vae.decode(z[None].to(dtype)).float().clamp(-1, 1)[0]  # (3, T, H, W)
             stats["vae_s"] += clock(device) - t0
-            stats["vae_peak_gib"] = max_peak(stats.get("vae_peak_gib"), device)
+            stats["vae_peak_gib"] = peak_gib(device, stats.get("vae_peak_gib"))
             side = dict(prompt=prompt, seed=seed, **about, **{k: round(v, 3) if isinstance(v, float) else v
                         for k, v in stats.items()}, **(meta or {}), config=cfg, versions=versions())
             paths.append(save(video, side, save_dir, paths, overwrite))
@@ -148,17 +148,6 @@ def save(video, side, save_dir, taken, overwrite):
     write_video(path, video, side["fps"])
     write_json(os.path.splitext(path)[0] + ".json", side)
     return path
-
-
-def made(cfg, prompt, seed):
-    """--skip_existing: are this prompt and seed's video and sidecar (written after it) in save_dir already?"""
-    return os.path.exists(os.path.join(cfg["save_dir"], video_name(prompt, seed) + ".json"))
-
-
-def max_peak(peak, device):
-    """The largest of peak and peak_gib(device)'s (None on the CPU)."""
-    now = peak_gib(device)
-    return None if now is None else max(now, peak or 0)
 
 
 def versions():
@@ -253,12 +242,11 @@ def read_sidecar(args, overrides):
             side = json.load(f)
         weights = {k: side["weights"][k] for k in ("path", "name", "sha256") if isinstance(side["weights"][k], str)}
         ckpt = weights["path"] if os.path.exists(weights["path"]) else weights["name"]
-        cfg = load_config(args.from_json, loaded=tuples(side["config"]))
-        cfg.update(seed=side["seed"], prompt=side["prompt"], prompt_path=None, ckpt=ckpt, save_dir=DEFAULTS["save_dir"])
-    except BadInput:
-        raise
+        config, fields = tuples(side["config"]), dict(seed=side["seed"], prompt=side["prompt"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BadInput(f"--from_json {args.from_json}: not a sample.py sidecar ({type(e).__name__}: {e})") from e
+    cfg = load_config(args.from_json, loaded=config) | fields
+    cfg.update(prompt_path=None, ckpt=ckpt, save_dir=DEFAULTS["save_dir"])
     return cfg, weights["sha256"]
 
 
@@ -327,8 +315,8 @@ def main():
         torch.backends.cudnn.benchmark = True
         model.compile_blocks()
     place_text_encoder(text_encoder, device, log)  # beside the diffusion model and the VAE, if it fits
-    mine = [k for k in range(ctx.dp_rank, len(prompts), ctx.dp_size)
-            if not (args.skip_existing and made(cfg, prompts[k], cfg["seed"] + k))]
+    mine = [k for k in range(ctx.dp_rank, len(prompts), ctx.dp_size) if not args.skip_existing or not os.path.exists(
+        os.path.join(cfg["save_dir"], video_name(prompts[k], cfg["seed"] + k) + ".json"))]  # (written after its video)
     for path in generate(cfg, model, vae, text_encoder, [prompts[k] for k in mine], [cfg["seed"] + k for k in mine],
                          cfg["save_dir"], device, dtype, meta, write=ctx.sp_rank == 0, free_text_encoder=True,
                          progress=ctx.is_main, overwrite=args.overwrite or args.skip_existing):

@@ -152,8 +152,7 @@ def main(argv):
         log(f"resumed from {load_path} at step {step} (epoch {epoch}, sample {start})")
         del ckpt
     loss_txt = os.path.join(run_dir, "loss.txt")  # the loss curve, cut back to the step resumed from (a fresh run: empty)
-    if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
+    if ctx.is_main:  # (hold made run_dir)
         lines = open(loss_txt).readlines() if os.path.exists(loss_txt) else []  # (a line a kill cut short: no "\n")
         kept = {int(n.split(" ")[0]): n for n in lines if n.endswith("\n") and n.split(" ")[0].isdigit()}
         write_atomic(loss_txt, "".join(kept[s] for s in sorted(kept) if s <= step))  # one line a step: the last

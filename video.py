@@ -5,7 +5,6 @@ frames without decoding the video from its start; resize and centre crop.
     decode("a.mp4", 16, 3, generator)         # uint8 (16, H, W, 3): v1.0's temporal crop, decoded seeking
 """
 import os
-import stat
 from fractions import Fraction
 
 import av
@@ -192,11 +191,8 @@ def not_a_file(path):
         path.encode()
     except UnicodeEncodeError:
         return "a name that is not UTF-8 (skipped: rename it)"
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return "missing file"
-    return None if stat.S_ISREG(mode) else "not a regular file (a FIFO, device or folder: never opened)"
+    return None if os.path.isfile(path) else "missing file" if not os.path.exists(path) else (  # isfile: S_ISREG
+        "not a regular file (a FIFO, device or folder: never opened)")
 
 
 def decode(path, num_frames, frame_interval, generator, seek=True):
