@@ -929,7 +929,7 @@ def test_checkpoint_write_interrupted_keeps_previous(tmp_path, monkeypatch):
         open(f, "wb").write(b"half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(BadInput, match=r"step0000002.pt: cannot be written \(OSError: disk full\)"):  # one line
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(tmp_path / "step0000002.pt"))
     monkeypatch.undo()
     latest = checkpoint_files(str(tmp_path))[0]
