@@ -38,10 +38,15 @@ def read_meta(cfg):
     path = os.path.join(cfg["cache_dir"], "meta.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        meta = json.load(f)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        settings = meta["settings"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"{path}: cut short or not a cache's meta.json ({type(e).__name__}: {e}): delete it and run "
+                       "again (prepare.py cache or train.py) to rebuild the cache") from e
     for key, value in cache_settings(cfg).items():
-        if meta["settings"].get(key) != value:
+        if settings.get(key) != value:
             raise BadInput(f"{path}: the cache was built with {key}={meta['settings'].get(key)!r}, the config says "
                            f"{value!r}: delete {cfg['cache_dir']} or set another cache_dir")
     return meta
@@ -51,9 +56,21 @@ def shard_path(cache_dir, k):
     return os.path.join(cache_dir, f"shard{k:05d}.safetensors")
 
 
+def whole(path):
+    """Is the shard whole: safetensors' open checks that the file is as long as its header says (not cut short, not
+    emptied, not missing)?"""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt"):
+            return True
+    except Exception:  # (safetensors' own error type, OSError, ...)
+        return False
+
+
 def cache_complete(cfg):
     meta = read_meta(cfg)
-    return meta is not None and all(os.path.exists(shard_path(cfg["cache_dir"], k)) for k in range(meta["shards"]))
+    return meta is not None and all(whole(shard_path(cfg["cache_dir"], k)) for k in range(meta["shards"]))
 
 
 class CachedDataset(torch.utils.data.Dataset):
@@ -65,8 +82,11 @@ class CachedDataset(torch.utils.data.Dataset):
         from safetensors import safe_open
 
         meta = read_meta(cfg)
-        if meta is None or not cache_complete(cfg):
-            raise BadInput(f"{cfg['cache_dir']}: no complete cache (python prepare.py cache CONFIG)")
+        paths = [shard_path(cfg["cache_dir"], k) for k in range(meta["shards"])] if meta else [cfg["cache_dir"]]
+        bad = [p for p in paths if not whole(p)]
+        if bad:  # (train.py rebuilds them itself)
+            raise BadInput(f"{bad[0]}: missing, cut short or corrupt ({len(bad)} such): rebuild with python prepare.py "
+                           "cache CONFIG")
         self.caption_channels, self.text_tokens = meta["caption_channels"], meta["text_tokens"]
         self.windows, self.rows, self.seed, self.epoch = meta["windows"], [], cfg["seed"], 0
         self.masked = meta["masked"]  # T5 tokens; else a pooled CLIP caption or a class id a row
@@ -138,7 +158,7 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
                 out.append((i, str(e)))
         return out
 
-    todo = [k for k in range(rank, shards, world_size) if not os.path.exists(shard_path(cache_dir, k))]
+    todo = [k for k in range(rank, shards, world_size) if not whole(shard_path(cache_dir, k))]  # (a bad one again)
     for k in tqdm(todo, desc=f"caching {cfg['data_path']}", dynamic_ncols=True, disable=rank != 0):
         rows = [i for i in range(k * SHARD, min((k + 1) * SHARD, len(dataset))) if not dataset.bad[i]]
         index, texts, parts = [], [], []

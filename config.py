@@ -79,17 +79,20 @@ def unknown(key, known):
     return f"unknown config key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
 
 
-def load_config(path, overrides=()):
-    if not os.path.isfile(path):
+def load_config(path, overrides=(), loaded=None):
+    """The config file at path (or `loaded`, the config a sidecar read from path holds) and the overrides."""
+    if loaded is None and not os.path.isfile(path):
         raise BadInput(f"{path}: no such config file (the ones shipped are in configs/)")
     cfg = dict(DEFAULTS)
     try:
-        loaded = {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")}
+        loaded = {k: v for k, v in runpy.run_path(path).items() if not k.startswith("_")} if loaded is None else loaded
     except SyntaxError as e:
         raise BadInput(f"{path}, line {e.lineno}: {e.msg}: fix the config file") from e
     except Exception as e:  # the file's own code failed (NameError, ...): where, and why
         line = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path][-1:] or ["?"]
         raise BadInput(f"{path}, line {line[0]}: {type(e).__name__}: {e}: fix the config file") from e
+    if not isinstance(loaded, dict):
+        raise BadInput(f"{path}: its config is a {type(loaded).__name__}, not a dict of config keys")
     loaded = {k: v for k, v in loaded.items() if not callable(v) and not hasattr(v, "__file__")}  # drop imports
     for key, value in loaded.items():
         if key not in DEFAULTS:
@@ -165,9 +168,10 @@ def validate(cfg, command, run_dir=None):
     need(command == "sample" or cfg["plugin"] in ("zero2", "zero2-seq") and (cfg["plugin"] == "zero2") ==
          (cfg["sp_size"] == 1), "plugin", f"with sp_size={cfg['sp_size']}: use plugin='zero2' (ZeRO-2) with sp_size=1, "
          "or plugin='zero2-seq' (ZeRO-2 + Ulysses sequence parallelism) with sp_size > 1")
-    prompts = cfg["eval_prompts"]
-    need(prompts is None or type(prompts) in (list, tuple) and all(isinstance(p, str) and p for p in prompts),
-         "eval_prompts", "give a list of prompts, or None")
+    for key in ("eval_prompts", "prompt"):
+        prompts = [cfg[key]] if key == "prompt" and isinstance(cfg[key], str) else cfg[key]
+        need(prompts is None or type(prompts) in (list, tuple) and all(isinstance(p, str) and p for p in prompts),
+             key, "give a list of prompts, or None")
 
     # the model, encoders and schedulers: a known type and that class's keywords (the builders' own check)
     for section, known in SECTIONS.items():

@@ -3,10 +3,12 @@ hook that prints it as one line, the dtypes a config names, atomic writes, and t
 and keywords that config.validate and every builder (build_model, build_vae, ...) share.
 """
 import contextlib
+import fcntl
 import glob
 import inspect
 import json
 import os
+import socket
 import sys
 import time
 
@@ -67,30 +69,52 @@ def pick(table, section, cfg, extra=()):
 def atomic(path):
     """with atomic(path) as tmp: write tmp -> renamed over path when the block ends, removed when it fails: an
     interrupted write never leaves a half file. tmp is `path.tmpPID` (never a .mp4 or .pt: nothing takes it for an
-    output), and one left by a killed process (its pid gone) is removed here, the next time the same file is written."""
+    output), and one left by a killed process is removed here, the next time the same file is written. Any error the
+    write raises (a full disk, a quota, a read-only folder; torch.save's is a RuntimeError) is one line naming the
+    file, and the last good one stays."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    for old in glob.glob(glob.escape(path) + ".tmp*"):
-        pid = old[len(path) + 4:]
-        if pid.isdigit() and not alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.remove(old)
+    sweep(glob.escape(path))
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError, UnicodeError) as e:
+        raise BadInput(f"{path}: cannot be written ({type(e).__name__}: {e}): check the free space, the permissions "
+                       "and the path; the last good one is kept") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def alive(pid):
+def sweep(pattern):
+    """Remove the temporary files (PATTERN.tmpPID) that processes killed while writing left behind."""
+    for old in glob.glob(pattern + ".tmp*"):
+        try:
+            os.kill(int(old.rsplit(".tmp", 1)[1]), 0)  # its writer is alive (PermissionError: another user's)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.remove(old)
+        except (ValueError, PermissionError):
+            pass
+
+
+HELD = {}
+
+
+def hold(folder):
+    """Take `folder` for this process until it exits (an flock on folder/.lock, holding our pid and host): a second
+    run on the folder is one line naming the first; a lock left by a killed run is free (the kernel drops it)."""
+    os.makedirs(folder, exist_ok=True)
+    f = open(os.path.join(folder, ".lock"), "a+")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BadInput(f"{folder} is in use by another run ({open(f.name).read().strip()}): wait for it to end, stop "
+                       "it, or choose another folder") from None
+    f.truncate(0)
+    print(f"pid {os.getpid()} on host {socket.gethostname()}", file=f, flush=True)
+    HELD[folder] = f  # kept open: closing it would drop the lock
+    sweep(os.path.join(glob.escape(folder), "*"))  # ours alone now: the temp files in it are leftovers
 
 
 def write_atomic(path, text):

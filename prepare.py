@@ -40,8 +40,11 @@ CAPTION_PREFIXES = ("The video shows", "The video captures", "The video features
 # ----------------------------------------------------------------------------- rows in, rows out, resumably
 def read_rows(path):
     """The rows of a CSV (lists of strings; blank lines dropped)."""
-    with open(path, newline="") as f:
-        return [row for row in csv.reader(f) if any(c.strip() for c in row)]
+    try:
+        with open(path, newline="") as f:
+            return [row for row in csv.reader(f) if any(c.strip() for c in row)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise BadInput(f"{path}: not a CSV of UTF-8 text ({e}): give the path,caption CSV") from e
 
 
 def bad_path(out):
@@ -68,7 +71,7 @@ def run_pool(fn, items, out, workers, desc):
         print(f"{journal}: resuming, {len(items) - len(todo)} of {len(items)} rows already done")
     # forkserver, not fork: a worker forked from a process with threads (torch's, tqdm's monitor) can deadlock; with
     # fork the test suite once hung in the pool's terminate() after a worker's error
-    with open(journal, "a") as f, multiprocessing.get_context("forkserver").Pool(workers) as pool:
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool, open(journal, "a") as f:
         for item, result in tqdm(pool.imap_unordered(fn, todo), total=len(todo), desc=desc, dynamic_ncols=True):
             done[json.dumps(item)] = result
             f.write(json.dumps([item, result]) + "\n")
@@ -92,6 +95,8 @@ def finish(out, good, bad, journal=None):
 def describe(path):
     """(path, [num_frames, fps, height, width]) from the container's header (num_frames: the count data.decode uses),
     or (path, the reason it cannot be read)."""
+    if video.not_a_file(path):
+        return path, video.not_a_file(path)
     try:
         if path.lower().endswith(video.IMAGE_EXTS):
             total = 1
@@ -133,12 +138,12 @@ def folder(src, out, captions=None, workers=4):
     results, journal = run_pool(describe, paths, out, workers, f"reading {src}")
     good, bad = [], []
     for path, info in zip(paths, results):
-        if isinstance(info, str):
-            bad.append([path, info])
+        if isinstance(info, str):  # (a name that is not UTF-8: by its escaped bytes)
+            bad.append([os.fsencode(path).decode(errors="backslashreplace"), info])
             continue
         sidecar = os.path.splitext(path)[0] + ".txt"
         caption = known.get(os.path.normpath(os.path.relpath(path, src)), known.get(os.path.basename(path)))
-        if caption is None and os.path.exists(sidecar):
+        if caption is None and os.path.isfile(sidecar):
             with open(sidecar) as f:
                 caption = f.read()
         good.append([path, " ".join((caption or "").split())] + info)
@@ -160,6 +165,8 @@ def check(src, out, workers=4):
 def filter_rows(src, out, fmin=None, fmax=None, remove_empty_caption=False, remove_caption_prefix=False):
     """v1.0 csvutil's filters: frames in [fmin, fmax] (the third column), non-empty captions, LLaVA's opening words
     ("The video shows ...") removed and the rest capitalised."""
+    if fmin is not None and fmax is not None and fmin > fmax:
+        raise BadInput(f"--fmin {fmin} > --fmax {fmax}: no row can pass; give fmin <= fmax")
     good = []
     for n, row in enumerate(read_rows(src), 1):
         if fmin is not None or fmax is not None:
@@ -267,17 +274,14 @@ def main(argv):
                        "share the shards)")
     p.add_argument("config", help="a training config, e.g. configs/16x256.py")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key=value overrides, as train.py takes them")
-    args = parser.parse_args(argv)
-    if args.command == "folder":
-        folder(args.src, args.out, args.captions, args.workers)
-    elif args.command == "scenes":
-        scenes(args.src, args.out_dir, args.out, args.min_seconds, args.max_seconds, args.shorter_size, args.workers)
-    elif args.command == "check":
-        check(args.src, args.out, args.workers)
-    elif args.command == "filter":
-        filter_rows(args.src, args.out, args.fmin, args.fmax, args.remove_empty_caption, args.remove_caption_prefix)
+    args = vars(parser.parse_args(argv))  # each command's flags are its function's parameters
+    if args.get("workers", 1) < 1:
+        raise BadInput(f"--workers {args['workers']}: give 1 or more processes")
+    command = dict(folder=folder, scenes=scenes, check=check, filter=filter_rows).get(args.pop("command"))
+    if command:
+        command(**args)
     else:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args["config"], args["overrides"])
         validate(cfg, "cache")
         toy.ensure_shapes(cfg)
         rank, world, local = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))

@@ -17,11 +17,13 @@ num_frames is 1) into save_dir, named from the prompt, a hash of it and the seed
 is never replaced (the new one gets a -2, -3, .. suffix) unless --overwrite. A prompt that starts with '-' goes after
 '--':  python sample.py --config configs/shapes.py -- -glitch-art
 Stages: all prompts through the text encoder (T5 at v1.0's fp32 on the GPU when it fits, else on the CPU), T5 freed,
-the diffusion model over every batch, then the VAE one video at a time (vae.micro_batch_size frames per call).
+then batch by batch the diffusion model and the VAE (one video at a time), each video and sidecar written at once:
+--skip_existing goes on after a stopped run.
 The config, the weights, the GPU count and save_dir are checked before the VAE and T5 load: a problem is one line.
 """
 import argparse
 import gc
+import glob
 import hashlib
 import importlib.metadata
 import json
@@ -36,9 +38,9 @@ from tqdm import tqdm
 
 import parallel
 from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights
-from config import load_config, validate
+from config import DEFAULTS, load_config, validate
 from diffusion import build_scheduler
-from errors import BadInput, one_line_errors, run_dtype, write_atomic
+from errors import BadInput, one_line_errors, run_dtype, sweep, write_atomic
 from model import PixArtMS, build_model
 from text import build_text_encoder
 from vae import build_vae
@@ -54,13 +56,13 @@ def video_name(prompt, seed):
     return f"{slug}-{hashlib.sha256(prompt.encode()).hexdigest()[:8]}-seed{seed}"
 
 
-def peak_gib(device):
-    """Peak GPU memory since the last call, in GiB (None on the CPU); starts the next stage's count."""
+def peak_gib(device, before=None):
+    """Peak GPU memory since the last call in GiB, or `before` if larger (None on the CPU); starts the next count."""
     if device.type != "cuda":
         return None
     peak = torch.cuda.max_memory_allocated(device) / 2**30
     torch.cuda.reset_peak_memory_stats(device)
-    return round(peak, 2)
+    return round(max(peak, before or 0), 2)
 
 
 def clock(device):
@@ -89,10 +91,10 @@ def place_text_encoder(text_encoder, device, log=print):
 def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dtype, meta=None, write=True,
              free_text_encoder=False, progress=True, overwrite=False):
     """Sample prompts[k] from seeds[k] in batches of cfg["batch_size"]; write mp4s (PNGs for one frame) and their JSON
-    sidecars; return the paths. Three stages: every prompt through the text encoder (then, if free_text_encoder, T5
-    is dropped to make room), every batch through the diffusion model, then the VAE one video at a time. An existing
-    file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, decode and write
-    nothing (the other ranks of a sequence-parallel group)."""
+    sidecars; return the paths. Every prompt through the text encoder (then, if free_text_encoder, T5 is dropped to
+    make room), then batch by batch the diffusion model, and the VAE one video at a time, each saved at once. An
+    existing file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, decode and
+    write nothing (the other ranks of a sequence-parallel group)."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
     text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
@@ -110,37 +112,42 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
     stats["text_encoder_peak_gib"] = peak_gib(device)  # (after freeing T5: the next stage's count starts without it)
-    t0 = clock(device)
-    latents = []
+    about = dict(sampler=sched_cfg["type"], cfg_scale=scheduler.cfg_scale, num_sampling_steps=getattr(
+        scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None)), num_frames=cfg["num_frames"],
+        image_size=list(cfg["image_size"]), fps=cfg["fps"], dtype=str(dtype).removeprefix("torch."),
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        videos_in_run=len(prompts))
+    paths, stats["diffusion_s"], stats["vae_s"] = [], 0.0, 0.0
     for b, enc in zip(tqdm(batches, desc="sampling", disable=not show), encoded):
+        t0 = clock(device)
         generators = [torch.Generator(device).manual_seed(s) for s in seeds[b]]
         enc = {k: v.to(device) for k, v in enc.items()}
-        latents += scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device, extra,
-                                    progress=progress, generators=generators, encoded=enc).unbind()
-    stats.update(diffusion_s=clock(device) - t0, diffusion_peak_gib=peak_gib(device))
-    paths, seconds = [], 0.0
-    for prompt, seed, z in zip(prompts, seeds, latents if write else []):  # decode and write one video at a time
-        t0 = clock(device)
-        video = vae.decode(z[None].to(dtype)).float().clamp(-1, 1)[0]  # (3, T, H, W)
-        seconds += clock(device) - t0
-        name, k, ext = video_name(prompt, seed), 1, ".png" if video.shape[1] == 1 else ".mp4"
-        path = os.path.join(save_dir, name + ext)
-        while path in paths or os.path.exists(path) and not overwrite:
-            k += 1
-            path = os.path.join(save_dir, f"{name}-{k}{ext}")
-        os.makedirs(save_dir, exist_ok=True)
-        paths.append(write_video(path, video, cfg["fps"]))
-    stats.update(vae_s=seconds, vae_peak_gib=peak_gib(device))
-    stats = {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}
-    for prompt, seed, path in zip(prompts, seeds, paths):  # the stages' seconds and peaks are the whole run's
-        write_json(os.path.splitext(path)[0] + ".json", dict(
-            prompt=prompt, seed=seed, sampler=sched_cfg["type"], cfg_scale=scheduler.cfg_scale,
-            num_sampling_steps=getattr(scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None)),
-            num_frames=cfg["num_frames"], image_size=list(cfg["image_size"]), fps=cfg["fps"],
-            dtype=str(dtype).removeprefix("torch."), device=torch.cuda.get_device_name(device)
-            if device.type == "cuda" else platform.processor() or "cpu", videos_in_run=len(prompts), **stats,
-            **(meta or {}), config=cfg, versions=versions()))
+        latents = scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device, extra,
+                                   progress=progress, generators=generators, encoded=enc)
+        stats["diffusion_s"] += clock(device) - t0
+        stats["diffusion_peak_gib"] = peak_gib(device, stats.get("diffusion_peak_gib"))
+        for prompt, seed, z in zip(prompts[b], seeds[b], latents if write else []):  # decoded one video at a time
+            t0 = clock(device)
+            video = vae.decode(z[None].to(dtype)).float().clamp(-1, 1)[0]  # (3, T, H, W)
+            stats["vae_s"] += clock(device) - t0
+            stats["vae_peak_gib"] = peak_gib(device, stats.get("vae_peak_gib"))
+            side = dict(prompt=prompt, seed=seed, **about, **{k: round(v, 3) if isinstance(v, float) else v
+                        for k, v in stats.items()}, **(meta or {}), config=cfg, versions=versions())
+            paths.append(save(video, side, save_dir, paths, overwrite))
     return paths
+
+
+def save(video, side, save_dir, taken, overwrite):
+    """Write a decoded video (3, T, H, W) and then its sidecar, at once: a run killed later keeps both (the stages'
+    seconds and peaks in it are the run's so far). An existing file is kept (a -2, -3, .. suffix) unless overwrite."""
+    name, k, ext = video_name(side["prompt"], side["seed"]), 1, ".png" if video.shape[1] == 1 else ".mp4"
+    path = os.path.join(save_dir, name + ext)
+    while path in taken or os.path.exists(path) and not overwrite:
+        k += 1
+        path = os.path.join(save_dir, f"{name}-{k}{ext}")
+    write_video(path, video, side["fps"])
+    write_json(os.path.splitext(path)[0] + ".json", side)
+    return path
 
 
 def versions():
@@ -202,7 +209,9 @@ def parse_args(argv):
         parser.add_argument(*spellings, dest=key, type=kind, help=what,
                             action="append" if key == "prompt" else "store")
     parser.add_argument("--overwrite", action="store_true", help="replace existing videos of the same name")
-    names.add("--overwrite")
+    parser.add_argument("--skip_existing", "--skip-existing", action="store_true", help="go on after a stopped run: "
+                        "make only the videos whose sidecar is not in save_dir")
+    names |= {"--overwrite", "--skip_existing", "--skip-existing"}
     cut = argv.index("--") if "--" in argv else len(argv)  # the prompts after '--' may start with '-'
     overrides = [a for a in argv[:cut] if a.startswith("--") and "=" in a and a.split("=")[0] not in names]
     try:
@@ -228,14 +237,16 @@ def read_sidecar(args, overrides):
     if overrides or given:
         raise BadInput(f"--from_json takes the config, prompt, seed, sampler and weights from the file, not "
                        f"{(overrides or given)[0]}: beside it give only --save_dir, --overwrite or --sp_size")
-    try:
+    try:  # its config as a config file's (keys, types, shapes: validate), its own folders never used
         with open(args.from_json) as f:
             side = json.load(f)
-        cfg, weights = tuples(side["config"]), side["weights"]
-        cfg.update(seed=side["seed"], prompt=side["prompt"], prompt_path=None)
+        weights = {k: side["weights"][k] for k in ("path", "name", "sha256") if isinstance(side["weights"][k], str)}
+        ckpt = weights["path"] if os.path.exists(weights["path"]) else weights["name"]
+        config, fields = tuples(side["config"]), dict(seed=side["seed"], prompt=side["prompt"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BadInput(f"--from_json {args.from_json}: not a sample.py sidecar ({type(e).__name__}: {e})") from e
-    cfg["ckpt"] = weights["path"] if os.path.exists(weights["path"]) else weights["name"]
+    cfg = load_config(args.from_json, loaded=config) | fields
+    cfg.update(prompt_path=None, ckpt=ckpt, save_dir=DEFAULTS["save_dir"])
     return cfg, weights["sha256"]
 
 
@@ -244,8 +255,11 @@ def read_prompts(path, key):
         return []
     if not os.path.isfile(path):
         raise BadInput(f"{key} {path}: no such file (a text file, one prompt per line)")
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{key} {path}: not UTF-8 text ({e}): give a text file, one prompt per line") from e
 
 
 def main():
@@ -263,9 +277,10 @@ def main():
                        "not scheduler: override --sample_scheduler.KEY=VALUE instead")
     cfg.update({k: getattr(args, k) for k in ("ckpt", "save_dir", "seed", "batch_size", "sp_size")
                 if getattr(args, k) is not None})
-    cfg[sched] = dict(cfg[sched], **{k: getattr(args, k) for k in ("num_sampling_steps", "cfg_scale")
-                                     if getattr(args, k) is not None})
+    flags = {k: getattr(args, k) for k in ("num_sampling_steps", "cfg_scale") if getattr(args, k) is not None}
+    cfg[sched] = dict(cfg[sched], **flags) if flags and isinstance(cfg[sched], dict) else cfg[sched]
     validate(cfg, "sample")
+    sweep(os.path.join(glob.escape(cfg["save_dir"]), "*"))  # the temp files of a killed run
     prompts = args.prompts + (args.prompt or []) + read_prompts(args.prompt_path, "--prompt_path")
     if not prompts and cfg["prompt"]:  # the config's prompts only when the command line gives none (as v1.0)
         prompts = [cfg["prompt"]] if isinstance(cfg["prompt"], str) else list(cfg["prompt"])
@@ -300,10 +315,11 @@ def main():
         torch.backends.cudnn.benchmark = True
         model.compile_blocks()
     place_text_encoder(text_encoder, device, log)  # beside the diffusion model and the VAE, if it fits
-    mine = range(ctx.dp_rank, len(prompts), ctx.dp_size)
+    mine = [k for k in range(ctx.dp_rank, len(prompts), ctx.dp_size) if not args.skip_existing or not os.path.exists(
+        os.path.join(cfg["save_dir"], video_name(prompts[k], cfg["seed"] + k) + ".json"))]  # (written after its video)
     for path in generate(cfg, model, vae, text_encoder, [prompts[k] for k in mine], [cfg["seed"] + k for k in mine],
                          cfg["save_dir"], device, dtype, meta, write=ctx.sp_rank == 0, free_text_encoder=True,
-                         progress=ctx.is_main, overwrite=args.overwrite):
+                         progress=ctx.is_main, overwrite=args.overwrite or args.skip_existing):
         print(path)
     parallel.cleanup()
 

@@ -15,6 +15,7 @@ import runpy
 import socket
 import subprocess
 import sys
+import time
 import types
 from fractions import Fraction
 
@@ -157,11 +158,11 @@ def spawn(fn, world, tmp_path, *args, sp_size=1):
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
-def run_train(tmp, *args, env=None):
+def run_train(tmp, *args, env=None, code=0):
     cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), *TINY_TRAIN,
            f"--data_path={tmp}/data/train.csv", f"--cache_dir={tmp}/data/cache", *args]
     out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == code, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
 
@@ -244,6 +245,39 @@ def test_reliability_entry_points_print_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="2"):
         one_line_errors(BadInput, error, None)
     assert json.loads((tmp_path / "error.json").read_text())["message"] == "error: batch_size=0: give a whole number >= 1"
+
+
+KILLED_WRITER = """import sys, time
+sys.path.insert(0, sys.argv[1])
+import errors
+with errors.atomic(sys.argv[2]) as tmp:
+    open(tmp, "w").write("half a file")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def killed_while_writing(path):
+    """kill -9 a process in the middle of an atomic write of path: -> the temp file it leaves."""
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(ROOT), str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    tmp = writer.stdout.readline().strip()
+    writer.kill()
+    writer.wait()
+    return tmp
+
+
+def test_reliab_8_a_killed_write_leaves_one_temp_file_that_the_next_run_removes(tmp_path):
+    """kill -9 while a checkpoint and a video are written: one temp file each, named so that nothing takes it for an
+    output (no .pt, no .mp4 ending), removed when the next train.py takes the run folder (errors.hold) and the next
+    sample.py starts in save_dir (errors.sweep); a live process's temp file is left alone."""
+    left = [killed_while_writing(tmp_path / name) for name in ("run/step0000002.pt", "s/a-1a2b3c4d-seed42.mp4")]
+    assert all(os.path.exists(p) and not p.endswith((".pt", ".mp4")) and ".tmp" in p for p in left), left
+    live = tmp_path / f"s/b.mp4.tmp{os.getpid()}"
+    live.write_text("")
+    errors.hold(str(tmp_path / "run"))
+    errors.sweep(os.path.join(tmp_path / "s", "*"))
+    assert os.listdir(tmp_path / "run") == [".lock"] and os.listdir(tmp_path / "s") == [live.name]
 
 
 # ============================================================================= layers.py and attention_kernel.py: attention (SDPA, flash packing, the short-sequence kernel)
@@ -895,13 +929,38 @@ def test_checkpoint_write_interrupted_keeps_previous(tmp_path, monkeypatch):
         open(f, "wb").write(b"half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(BadInput, match=r"step0000002.pt: cannot be written \(OSError: disk full\)"):  # one line
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, str(tmp_path / "step0000002.pt"))
     monkeypatch.undo()
     latest = checkpoint_files(str(tmp_path))[0]
     assert latest.endswith("step0000001.pt")
     assert torch.load(latest, weights_only=True)["step"] == 1
     assert sorted(os.listdir(tmp_path)) == ["step0000001.pt"]  # no temp file left behind
+
+
+def test_reliab_5_a_full_disk_is_one_line_and_the_last_good_file_stays(tmp_path, monkeypatch):
+    """torch.save on a full disk raises a RuntimeError, a plain write an OSError: either is one line naming the file,
+    and the last good checkpoint stays as it was, with no temp file beside it."""
+    path = str(tmp_path / "step0000002.pt")
+    save_checkpoint(dict(step=1), path)
+
+    def full(obj, f):
+        open(f, "wb").write(b"PK half")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(BadInput, match=rf"^{re.escape(path)}: cannot be written \(RuntimeError: .*file write failed"
+                       r".*the last good one is kept$"):
+        save_checkpoint(dict(step=2), path)
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(28, "No space left on device")  # ENOSPC
+    monkeypatch.setattr(errors, "open", lambda *a, **k: Full(), raising=False)
+    with pytest.raises(BadInput, match=r"loss.txt: cannot be written \(OSError: \[Errno 28\] No space left"):
+        errors.write_atomic(str(tmp_path / "loss.txt"), "1 0.5\n")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["step0000002.pt"] and torch.load(path, weights_only=True) == dict(step=1)
 
 
 # ============================================================================= vae.py: the VAEs
@@ -1803,6 +1862,32 @@ def test_cache_every_rank_encodes_its_shards(tmp_path):
             assert a.keys() == b.keys() and all(torch.equal(a.get_tensor(n), b.get_tensor(n)) for n in a.keys())
 
 
+def test_reliab_4_a_bad_shard_is_rebuilt_or_named_and_a_cut_meta_is_one_line(tmp_path, monkeypatch):
+    """A shard cut short or emptied (a full disk, a stopped copy) does not count as written: CachedDataset names it
+    and how to rebuild, and the next build_cache (train.py, prepare.py cache) writes those again, equal to the first;
+    a meta.json cut short is one line saying what to do."""
+    monkeypatch.setattr(cache, "SHARD", 2)
+    cfg = cache_cfg(tmp_path, rows=5, vae=dict(type="identity"))
+    assert cache.build_cache(cfg) == [0, 1, 2]
+    first = [cache.CachedDataset(cfg)[i]["latent"] for i in range(5)]
+    shard = lambda k: os.path.join(cfg["cache_dir"], f"shard{k:05d}.safetensors")  # noqa: E731
+    blob = open(shard(1), "rb").read()
+    open(shard(1), "wb").write(blob[:-100])
+    open(shard(2), "wb").close()
+    assert not cache.cache_complete(cfg)
+    with pytest.raises(BadInput, match=rf"^{re.escape(shard(1))}: missing, cut short or corrupt \(2 such\): rebuild "
+                       "with python prepare.py cache CONFIG$"):
+        cache.CachedDataset(cfg)
+    assert cache.build_cache(cfg) == [1, 2] and cache.cache_complete(cfg)
+    again = cache.CachedDataset(cfg)
+    assert all(torch.equal(again[i]["latent"], first[i]) for i in range(5))
+    meta = os.path.join(cfg["cache_dir"], "meta.json")
+    text = open(meta).read()
+    open(meta, "w").write(text[:len(text) // 2])
+    with pytest.raises(BadInput, match=rf"^{re.escape(meta)}: cut short or not a cache's meta.json \(JSONDecodeError"):
+        cache.cache_complete(cfg)
+
+
 # ============================================================================= parallel.py: sharded sampler, ZeroAdamW, ZeRO-2 and sequence parallelism on gloo
 OPT = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
 
@@ -2627,6 +2712,75 @@ def test_sample_torchrun_splits_prompts_sp_and_sidecar_reproduce(tiny_run):
     assert np.abs(vio.read_video(again).astype(int) - one[os.path.basename(again)]).max() <= 1  # measured: 0
 
 
+def test_reliab_6_from_json_checks_the_sidecar_like_a_config(tmp_path, monkeypatch):
+    """--from_json reads a sidecar's config as a config file (keys, types, shapes; an unknown key is an error) and its
+    fields as checked input: each bad one is one line before any encoder loads; its save_dir is never used."""
+    cfg = json.loads(json.dumps(load_config(str(ROOT / "configs/shapes.py"), ["--save_dir=/elsewhere"]), default=str))
+    good = dict(prompt="a red circle moving right", seed=3, config=cfg, weights=dict(
+        name="w.pt", path=str(tmp_path / "w.pt"), sha256=hashlib.sha256(b"weights").hexdigest()))
+    side = tmp_path / "side.json"
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+
+    def run_with(**changes):  # -> the one line, before the VAE and T5 load
+        import sample
+        monkeypatch.setattr(sample, "build_vae", lambda *a, **k: pytest.fail("the VAE loaded first"))
+        monkeypatch.setattr(sys, "argv", ["sample.py", "--from_json", str(side)])
+        side.write_text(json.dumps(good | changes))
+        with pytest.raises(BadInput) as error:
+            sample.main()
+        return str(error.value)
+    no_sampler = {k: v for k, v in cfg.items() if k not in ("scheduler", "sample_scheduler")}
+    for changes, message in [(dict(config=[1, 2]), "side.json: its config is a tuple, not a dict"),
+                             (dict(config=cfg | dict(bogus=1)), "unknown config key 'bogus'"),
+                             (dict(config=cfg | dict(image_size="big")), "image_size='big': give (height, width)"),
+                             (dict(config=no_sampler), "scheduler=None: give a dict with a type"),
+                             (dict(weights="w.pt"), "not a sample.py sidecar (TypeError"),
+                             (dict(weights=dict(name="w.pt")), "not a sample.py sidecar (KeyError: 'path')"),
+                             (dict(prompt=5), "prompt=5: give a list of prompts"),
+                             (dict(seed="one"), "seed='one': give a whole number")]:
+        assert message in run_with(**changes), changes
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    run = sample_main_until_generate(monkeypatch, tmp_path)  # a good sidecar: its save_dir is not used
+    side.write_text(json.dumps(good))
+    seen = run("--from_json", str(side))
+    assert seen["save_dir"] == DEFAULTS["save_dir"] and seen["prompts"] == [good["prompt"]] and seen["seeds"] == [3]
+    assert run("--from_json", str(side), "--save_dir", str(tmp_path / "mine"))["save_dir"] == str(tmp_path / "mine")
+
+
+def test_reliab_7_an_interrupted_sample_run_keeps_its_videos_and_goes_on(tiny_run, monkeypatch, tmp_path):
+    """Each video and its sidecar are written as soon as the video is decoded: stopped while writing the second of
+    three, the first is there whole; --skip_existing then makes only the two missing ones."""
+    import sample
+    prompts = ["a red circle moving right", "a blue square moving up", "a green circle moving left"]
+    argv = ["sample.py", "--config", str(ROOT / "configs/shapes.py"), "--ckpt", f"{tiny_run}/a/shapes", *prompts,
+            "--save_dir", str(tmp_path), "--batch_size=1", "--model.depth=1", "--model.hidden_size=32",
+            "--sample_scheduler.num_sampling_steps=3",
+            "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"]
+    written, write_video = [], sample.write_video
+
+    def stopped_at_the_second(path, *a, **k):
+        if len(written) == 1:
+            raise KeyboardInterrupt  # as Ctrl-C, or a kill
+        written.append(write_video(path, *a, **k))
+        return written[-1]
+    monkeypatch.setattr(sample, "write_video", stopped_at_the_second)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(KeyboardInterrupt):
+        sample.main()
+    first = sample.video_name(prompts[0], 42)
+    assert sorted(os.listdir(tmp_path)) == [first + ".json", first + ".mp4"]
+    assert json.load(open(tmp_path / (first + ".json")))["prompt"] == prompts[0]
+    written.clear()
+    monkeypatch.setattr(sample, "write_video", lambda path, *a, **k: written.append(path) or write_video(path, *a, **k))
+    monkeypatch.setattr(sys, "argv", argv + ["--skip_existing"])
+    sample.main()
+    assert [os.path.basename(p) for p in written] == [sample.video_name(p, 42 + k) + ".mp4"
+                                                      for k, p in enumerate(prompts) if k]
+    assert len(os.listdir(tmp_path)) == 6 and all(json.load(open(p[:-4] + ".json")) for p in written)
+
+
 # ============================================================================= train.py: resume, stops, logging, torchrun
 TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.hidden_size=32", "--log_every=1",
               "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}",
@@ -2698,7 +2852,7 @@ def test_reliability_resume_skips_a_truncated_checkpoint_and_cuts_loss_txt(tiny_
     assert f"resumed from {run}/step0000003.pt at step 3" in out.stdout
     assert [line.split()[0] for line in open(run / "loss.txt")] == ["1", "2", "3", "4", "5", "6"]
     assert losses(run) == losses(tmp / "a/shapes")  # bit-identical to the run that was never interrupted
-    assert sorted(os.listdir(run)) == ["loss.txt", "step0000006.pt"]
+    assert sorted(os.listdir(run)) == [".lock", "loss.txt", "step0000006.pt"]
     assert torch.load(run / "step0000006.pt", weights_only=True)["step"] == 6
 
 
@@ -2715,6 +2869,54 @@ def test_train_torchrun_zero2_seq_two_ranks(tmp_path):
     with pytest.raises(subprocess.CalledProcessError):  # zero2-seq without sp, or zero2 with sp: refused
         subprocess.run([sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), "--sp_size=2"],
                        cwd=tmp_path, capture_output=True, check=True, timeout=120)
+
+
+def train_until(tmp, *args, until):
+    """train.py started in the background (toy size), once until(): -> the process (the caller kills it)."""
+    run = subprocess.Popen([sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), *TINY_TRAIN,
+                            f"--data_path={tmp}/data/train.csv", f"--cache_dir={tmp}/data/cache", *args], cwd=tmp,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(1200):
+        if until() or run.poll() is not None:
+            return run
+        time.sleep(0.1)
+    return run
+
+
+def test_reliab_1_one_run_at_a_time_in_a_run_folder(tmp_path):
+    """While a run trains, a second train.py on its folder stops at once, naming the first's pid and host; after the
+    first is killed (kill -9) its lock is taken over, its temp file removed, and loss.txt holds one line a step, cut
+    to the step resumed from (also with lines of another run in it)."""
+    run = tmp_path / "o/shapes"
+    first = train_until(tmp_path, "--max_steps=100000", "--ckpt_every=2", "--keep_last=1", f"--outputs={tmp_path}/o",
+                        until=lambda: checkpoint_files(str(run)))
+    try:
+        assert first.poll() is None and checkpoint_files(str(run))
+        second = run_train(tmp_path, "--max_steps=2", f"--load={run}", code=2)
+        assert second.stderr == (f"error: {run} is in use by another run (pid {first.pid} on host "
+                                 f"{socket.gethostname()}): wait for it to end, stop it, or choose another folder\n")
+    finally:
+        first.kill()
+        first.wait()
+    left = killed_while_writing(run / "step0000900.pt")
+    with open(run / "loss.txt", "a") as f:
+        f.write("\n1 123.0\n2 456.0\n")  # another run's lines, after the first's
+    step = max(int(os.path.basename(p)[4:-3]) for p in checkpoint_files(str(run)))
+    out = run_train(tmp_path, f"--max_steps={step + 2}", f"--load={run}")
+    assert f"at step {step}" in out.stdout and not os.path.exists(left)
+    assert [line.split()[0] for line in open(run / "loss.txt")] == [str(s) for s in range(1, step + 3)]
+    assert not [f for f in os.listdir(run) if ".tmp" in f]
+
+
+def test_reliab_10_a_checkpoint_of_another_size_is_refused_before_the_encoders(tiny_run):
+    """--load of a checkpoint whose weights do not fit the config's model: one line naming the shapes, straight after
+    the file is read: before the data, the cache, the VAE, the text encoder or the model are built."""
+    tmp = tiny_run
+    out = run_train(tmp, "--max_steps=8", f"--load={tmp}/a/shapes", "--model.hidden_size=64",
+                    f"--cache_dir={tmp}/new_cache", code=2)
+    assert out.stderr.startswith(f"error: {tmp}/a/shapes/step0000006.pt: foreign key layout for this STDiT: shape "
+                                 "mismatch (") and "x_embedder.proj.bias (32,) vs model (64,)" in out.stderr
+    assert out.stdout == "" and not os.path.exists(tmp / "new_cache")
 
 
 # ============================================================================= configs/: every config trains two steps and samples at toy size
@@ -2915,6 +3117,70 @@ def test_prepare_scenes(tmp_path, monkeypatch):
     for (path, *_), colour in zip(rows, [(220, 30, 30), (20, 20, 20), (30, 30, 220)]):
         assert np.abs(vio.read_video(path).astype(int) - colour).max() < 12
     assert prepare.read_rows(prepare.bad_path(out))[0][0] == str(tmp_path / "missing.mp4")
+
+
+def odd_folder(tmp_path):
+    """A good mp4, a FIFO named like one, and a copy of the mp4 whose name is not UTF-8 (b'caf\\xe9.mp4')."""
+    v = tmp_path / "v"
+    v.mkdir()
+    vio.write_video(str(v / "a.mp4"), pan_frames(10), 30)
+    os.mkfifo(v / "fifo.mp4")
+    with open(os.path.join(os.fsencode(v), b"caf\xe9.mp4"), "wb") as f:
+        f.write((v / "a.mp4").read_bytes())
+    return v
+
+
+def prepare_cmd(*args):
+    return subprocess.run([sys.executable, str(ROOT / "prepare.py"), *map(str, args), "--workers", "1"],
+                          capture_output=True, text=True, timeout=120)  # a hang fails here
+
+
+def test_reliab_2_a_name_that_is_not_utf8_is_skipped_by_its_escaped_bytes(tmp_path):
+    """prepare.py folder goes past the name (and the FIFO) to write its CSV; the report names it by escaped bytes."""
+    v, raw = odd_folder(tmp_path), tmp_path / "raw.csv"
+    out = prepare_cmd("folder", v, raw)
+    assert out.returncode == 0 and f"{raw}: 1 rows; 2 bad" in out.stdout, out.stderr[-2000:]
+    assert [r[0] for r in prepare.read_rows(raw)] == [str(v / "a.mp4")]
+    assert dict(prepare.read_rows(prepare.bad_path(raw))) == {
+        f"{v}/caf\\xe9.mp4": "a name that is not UTF-8 (skipped: rename it)",
+        str(v / "fifo.mp4"): "not a regular file (a FIFO, device or folder: never opened)"}
+    assert f"bad: {v}/caf\\xe9.mp4: a name that is not UTF-8" in out.stderr
+    assert sorted(os.listdir(tmp_path)) == ["raw.csv", "raw_bad.csv", "v"]  # no journal, no temp file
+
+
+def test_reliab_3_a_fifo_named_like_a_video_is_never_opened(tmp_path):
+    """prepare.py check (and folder: test_reliab_2) skips it with its reason; the training data set too."""
+    v, good = odd_folder(tmp_path), tmp_path / "good.csv"
+    write_csv(tmp_path / "rows.csv", [[str(v / "a.mp4"), "a"], [str(v / "fifo.mp4"), "f"]])
+    out = prepare_cmd("check", tmp_path / "rows.csv", good)
+    assert out.returncode == 0 and f"{good}: 1 rows; 1 bad" in out.stdout, out.stderr[-2000:]
+    assert prepare.read_rows(prepare.bad_path(good)) == [[str(v / "fifo.mp4"), "not a regular file (a FIFO, device "
+                                                                               "or folder: never opened)"]]
+    with pytest.raises(vio.BadSample, match="not a regular file"):  # train.py's data set: skipped and counted
+        vio.decode(str(v / "fifo.mp4"), 4, 1, None)
+
+
+def test_reliab_9_binary_inputs_and_bad_flags_are_one_line(tmp_path):
+    """A binary CSV or prompt file, check --workers 0, filter into a folder, fmin > fmax and a CSV with no num_frames:
+    each one line (exit code 2), and nothing left behind (no temp file, no empty OUT.partial)."""
+    import sample
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(256)))
+    rows, out, folder = write_csv(tmp_path / "rows.csv", [["a.mp4", "a caption"]]), tmp_path / "o.csv", tmp_path / "d"
+    folder.mkdir()
+    for argv, message in [(["filter", binary, out], "binary.csv: not a CSV of UTF-8 text"),
+                          (["check", rows, out, "--workers", "0"], "--workers 0: give 1 or more processes"),
+                          (["filter", rows, folder], r"d: cannot be written \(IsADirectoryError"),
+                          (["filter", rows, out, "--fmin", "100", "--fmax", "1"], "--fmin 100 > --fmax 1")]:
+        with pytest.raises(BadInput, match=message):
+            prepare.main([str(a) for a in argv])
+    with pytest.raises(BadInput, match="--prompt_path .*binary.csv: not UTF-8 text"):
+        sample.read_prompts(str(binary), "--prompt_path")
+    done = subprocess.run([sys.executable, str(ROOT / "prepare.py"), "filter", rows, out, "--fmin", "3"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == (f"error: {rows}, row 1: no num_frames in its third column "
+                                                    "(['a.mp4', 'a caption']): run check (or folder) first\n")
+    assert sorted(os.listdir(tmp_path)) == ["binary.csv", "d", "rows.csv"] and not os.listdir(folder)
 
 
 # ============================================================================= bench.py: the FLOP count and the loader benchmark

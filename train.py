@@ -21,7 +21,7 @@ from checkpoints import fit, newest_that_loads, read_checkpoint, save_checkpoint
 from config import load_config, validate
 from data import video_dataset
 from diffusion import build_scheduler
-from errors import BadInput, one_line_errors, run_dtype, write_atomic
+from errors import BadInput, hold, one_line_errors, run_dtype, write_atomic
 from model import PixArtMS, build_model
 from text import build_text_encoder
 from vae import build_vae
@@ -65,8 +65,14 @@ def main(argv):
     if cfg["load"]:  # a resumed run goes on in the folder of its checkpoints
         run_dir = cfg["load"] if os.path.isdir(cfg["load"]) else os.path.dirname(cfg["load"]) or "."
     validate(cfg, "train", run_dir)  # every rule, before anything is written or loaded
+    if os.environ.get("RANK", "0") == "0":  # one run at a time in a folder (under torchrun: rank 0 holds it)
+        hold(run_dir)
     if cfg["load"]:  # read now, so that a bad file stops the run before the encoders load; a truncated one is skipped
         load_path, ckpt = newest_that_loads(cfg["load"], read_checkpoint)
+        if "model_args" in ckpt:  # and its shapes against the config's model, built on no memory (meta)
+            with torch.device("meta"):
+                fit(ckpt["model"], build_model(cfg["model"] | dict(from_pretrained=None), **ckpt["model_args"]),
+                    load_path)
 
     # ------------------------------------------------------------------------- distributed
     ctx = parallel.setup(cfg["sp_size"])
@@ -102,7 +108,7 @@ def main(argv):
 
     # ------------------------------------------------------------------------- model
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
-    model_args = dict(input_size=latent_size, in_channels=vae.out_channels,  # from the encoders, as v1.0
+    model_args = dict(input_size=tuple(latent_size), in_channels=vae.out_channels,  # from the encoders, as v1.0
                       caption_channels=text_encoder.output_dim if text_encoder else read_meta(cfg)["caption_channels"],
                       model_max_length=cfg["text_encoder"].get("model_max_length"))
     model = build_model(cfg["model"], **model_args, dtype=dtype).to(device, dtype).train()
@@ -146,18 +152,17 @@ def main(argv):
         log(f"resumed from {load_path} at step {step} (epoch {epoch}, sample {start})")
         del ckpt
     loss_txt = os.path.join(run_dir, "loss.txt")  # the loss curve, cut back to the step resumed from (a fresh run: empty)
-    if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
+    if ctx.is_main:  # (hold made run_dir)
         lines = open(loss_txt).readlines() if os.path.exists(loss_txt) else []  # (a line a kill cut short: no "\n")
-        kept = [n for n in lines if n.endswith("\n") and n.split(" ")[0].isdigit() and int(n.split(" ")[0]) <= step]
-        write_atomic(loss_txt, "".join(kept))
+        kept = {int(n.split(" ")[0]): n for n in lines if n.endswith("\n") and n.split(" ")[0].isdigit()}
+        write_atomic(loss_txt, "".join(kept[s] for s in sorted(kept) if s <= step))  # one line a step: the last
 
 
     def checkpoint():
         """Every rank takes part (the optimizer state is gathered); rank 0 writes, atomically."""
         rng = parallel.all_gather_object(torch.get_rng_state(), ctx.dp_group)
         state = dict(model=model.state_dict(), ema=ema_state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
-                     start=start, rng=rng, config=cfg)
+                     start=start, rng=rng, config=cfg, model_args=model_args)
         if device.type == "cuda":
             state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
         if ctx.is_main:

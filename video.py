@@ -184,12 +184,23 @@ def frames_seeking(path, picks, start, step):
         return got if isinstance(got, dict) else None
 
 
+def not_a_file(path):
+    """Why path is not read as a video or image, looked at without opening it (FFmpeg would wait forever on a FIFO);
+    None if it is a regular file with a UTF-8 name (others cannot go into a CSV: named by their escaped bytes)."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return "a name that is not UTF-8 (skipped: rename it)"
+    return None if os.path.isfile(path) else "missing file" if not os.path.exists(path) else (  # isfile: S_ISREG
+        "not a regular file (a FIFO, device or folder: never opened)")
+
+
 def decode(path, num_frames, frame_interval, generator, seek=True):
     """uint8 (num_frames, H, W, 3): the frames frame_indices picks. seek=False always decodes from frame 0 (the plain
     path frames_seeking is tested against); seeking, a window near the end of a long clip costs about what one near
     its start costs (README, "Loader throughput")."""
-    if not os.path.isfile(path):
-        raise BadSample("missing file")
+    if not_a_file(path):
+        raise BadSample(not_a_file(path))
     try:
         if path.lower().endswith(IMAGE_EXTS):  # v1.0: an image is repeated num_frames times
             container, stream = open_video(path)
