@@ -112,7 +112,7 @@ def build(args):
     examples = cfg["eval_prompts"] or ([cfg["prompt"]] if isinstance(cfg["prompt"], str) else cfg["prompt"] or [])
     with gr.Blocks(title="nanoSora", analytics_enabled=False) as demo:
         gr.Markdown(f"## nanoSora: {cfg['model']['type']}, {cfg['num_frames']} frames of {cfg['image_size'][0]}x"
-                    f"{cfg['image_size'][1]} at {cfg['fps']} fps, weights `{os.path.basename(meta['weights']['path'])}`")
+                    f"{cfg['image_size'][1]} at {cfg['fps']} fps, `{os.path.basename(meta['weights']['path'])}`")
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_PROMPT)

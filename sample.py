@@ -90,8 +90,8 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
              free_text_encoder=False, progress=True, overwrite=False):
     """Sample prompts[k] from seeds[k] in batches of cfg["batch_size"]; write mp4s (PNGs for one frame) and their JSON
     sidecars; return the paths. Three stages: every prompt through the text encoder (then, if free_text_encoder, T5
-    is dropped to make room; "cpu": moved there), every batch through the diffusion model, then the VAE one video at a time. An existing
-    file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, decode and write
+    is dropped to make room; "cpu": moved there), every batch through the diffusion model, then the VAE one video at a
+    time. An existing file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, decode and write
     nothing (the other ranks of a sequence-parallel group)."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
