@@ -14,16 +14,13 @@ ends the run at its next model call.
 """
 import argparse
 import asyncio
-import atexit
 import os
-import shutil
 import sys
 import tempfile
 import threading
 
-TEMP = tempfile.mkdtemp(prefix="nanosora-app-")  # gradio's uploads and copies of the outputs (read at its import)
-os.environ.update(GRADIO_TEMP_DIR=TEMP, GRADIO_ANALYTICS_ENABLED="False")
-atexit.register(shutil.rmtree, TEMP, True)
+TEMP = tempfile.TemporaryDirectory(prefix="nanosora-app-")  # uploads, gradio's copies of the outputs; gone at exit
+os.environ.update(GRADIO_TEMP_DIR=TEMP.name, GRADIO_ANALYTICS_ENABLED="False")  # (gradio reads them at its import)
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
@@ -54,8 +51,8 @@ def parse(argv):
         raise BadInput("no trained demo model in outputs/shapes/: run the quick start first (python train.py "
                        "configs/shapes.py), or give a config and --ckpt")
     args.config = args.config or os.path.join(sample.HERE, "configs/shapes.py")
-    cfg, _, _ = sample.configure(args, overrides)
-    return argparse.Namespace(**vars(mine), cfg=cfg)
+    mine.cfg = sample.configure(args, overrides)[0]
+    return mine
 
 
 def generate(cfg, models, prompt, seed, sampler, steps, guidance):
@@ -63,19 +60,15 @@ def generate(cfg, models, prompt, seed, sampler, steps, guidance):
     it and moved back to the CPU after encoding (the next request needs it)."""
     model, vae, text_encoder, device, dtype, meta = models
     prompt, low = (prompt or "").strip(), 2 if sampler == "dpm-solver" else 1  # (DPM-Solver's order 2 needs 2)
-    if not prompt or len(prompt) > MAX_PROMPT:
-        raise BadInput(f"the prompt is {'empty' if not prompt else f'{len(prompt)} characters'}: give 1 to "
-                       f"{MAX_PROMPT}")
-    if seed is None or steps is None or steps < low or guidance is None or guidance < 0:
-        raise BadInput(f"seed {seed}, steps {steps}, guidance {guidance}: give a seed, steps >= {low} and guidance "
-                       ">= 0")
+    if not 0 < len(prompt) <= MAX_PROMPT or None in (seed, steps, guidance) or steps < low or guidance < 0:
+        raise BadInput(f"prompt of {len(prompt)} characters, seed {seed}, steps {steps}, guidance {guidance}: give a "
+                       f"prompt of 1 to {MAX_PROMPT} characters, a seed, steps >= {low} and guidance >= 0")
     key = "sample_scheduler" if cfg["sample_scheduler"] else "scheduler"
-    base = cfg[key] if cfg[key]["type"] == sampler else dict(type=sampler)
-    cfg = dict(cfg, **{key: dict(base, num_sampling_steps=int(steps), cfg_scale=float(guidance))})
+    cfg = dict(cfg, **{key: dict(cfg[key] if cfg[key]["type"] == sampler else dict(type=sampler),
+                                 num_sampling_steps=int(steps), cfg_scale=float(guidance))})
     sample.place_text_encoder(text_encoder, device)
-    path, = sample.generate(cfg, model, vae, text_encoder, [prompt], [int(seed)], cfg["save_dir"], device, dtype,
-                            meta, free_text_encoder="cpu")
-    return path
+    return sample.generate(cfg, model, vae, text_encoder, [prompt], [int(seed)], cfg["save_dir"], device, dtype,
+                           meta, free_text_encoder="cpu")[0]
 
 
 def build(args):
@@ -93,10 +86,8 @@ def build(args):
     def work(stop, *inputs):
         with lock, torch.inference_mode():  # one generation at a time, also after a cancelled one's thread
             running[0] = stop
-            check_stop()
-            path = generate(cfg, models, *inputs)
-        results.insert(0, path)
-        return path, os.path.splitext(path)[0] + ".json", list(results)
+            results.insert(0, generate(cfg, models, *inputs))
+            return results[0], os.path.splitext(results[0])[0] + ".json", list(results)
 
     async def on_generate(prompt, seed, sampler, steps, guidance, progress=gr.Progress(track_tqdm=True)):
         stop = threading.Event()
@@ -111,14 +102,13 @@ def build(args):
     sched = cfg["sample_scheduler"] or cfg["scheduler"]
     examples = cfg["eval_prompts"] or ([cfg["prompt"]] if isinstance(cfg["prompt"], str) else cfg["prompt"] or [])
     with gr.Blocks(title="nanoSora", analytics_enabled=False) as demo:
-        gr.Markdown(f"## nanoSora: {cfg['model']['type']}, {cfg['num_frames']} frames of {cfg['image_size'][0]}x"
-                    f"{cfg['image_size'][1]} at {cfg['fps']} fps, `{os.path.basename(meta['weights']['path'])}`")
+        gr.Markdown(f"## nanoSora: {cfg['model']['type']}, {cfg['num_frames']} frames {cfg['image_size']}, "
+                    f"`{os.path.basename(meta['weights']['path'])}`")
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_PROMPT)
-                with gr.Row():
-                    seed = gr.Number(cfg["seed"], label="Seed", precision=0)
-                    sampler = gr.Dropdown(["dpm-solver", "iddpm"], value=sched["type"], label="Sampler")
+                seed = gr.Number(cfg["seed"], label="Seed", precision=0)
+                sampler = gr.Dropdown(["dpm-solver", "iddpm"], value=sched["type"], label="Sampler")
                 steps = gr.Slider(1, 200, sched.get("num_sampling_steps") or 20, step=1, label="Steps")
                 guidance = gr.Slider(0, 10, sched.get("cfg_scale", 4.0), step=0.1, label="Guidance")
                 with gr.Row():
@@ -139,7 +129,7 @@ def serve(args, block=True):
     if args.listen:
         print("warning: --listen: serving on every interface, to anyone who can reach this port", file=sys.stderr)
     demo.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=False,
-                allowed_paths=[os.path.abspath(args.cfg["save_dir"]), TEMP], max_file_size="10mb",
+                allowed_paths=[os.path.abspath(args.cfg["save_dir"]), TEMP.name], max_file_size="10mb",
                 prevent_thread_lock=not block)
     return demo
 

@@ -2665,10 +2665,11 @@ def test_app_video_equals_sample_py(app_server, tiny_run):
 def test_app_bad_input_is_one_line(app_server, tmp_path, monkeypatch):
     app, url, out, client = app_server
     from gradio_client.exceptions import AppError
-    for inputs, says in ((("", 0, "dpm-solver", 3, 4.0), "the prompt is empty"),
-                         (("x" * 501, 0, "dpm-solver", 3, 4.0), "501 characters"),
-                         (("a prompt", 0, "dpm-solver", 1, 4.0), "steps >= 2"),
-                         (("a prompt", None, "iddpm", 3, 4.0), "give a seed"),
+    for inputs, says in ((("", 0, "dpm-solver", 3, 4.0), "prompt of 0 characters"),
+                         (("x" * 501, 0, "dpm-solver", 3, 4.0), "prompt of 501 characters"),
+                         (("a prompt", 0, "dpm-solver", 1, 4.0), "steps 1, guidance 4.0: give a prompt of 1 to 500 "
+                                                                 "characters, a seed, steps >= 2"),
+                         (("a prompt", None, "iddpm", 3, 4.0), "seed None"),
                          (("a prompt", 0, "iddpm", 3, -1.0), "less than minimum value 0")):  # (gradio's check)
         with pytest.raises(AppError) as error:
             client.predict(*inputs, api_name="/generate")
