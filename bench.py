@@ -78,14 +78,14 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
                                   ckpt=[0, 8, 14, 20, 28] if f < 64 else [10, 12, 14, 16, 20, 24, 28], steps=6 if f < 64 else 4)
        for m in ("DiT", "Latte", "PixArt") for n, f, z, b in (("256", 16, 256, 8), ("512", 16, 512, 2), ("64", 64, 512, 1))},
     # sample.py end to end with v1.0's inference configs (T5-XXL in fp32, their sampler and dtype), one prompt: peak
-    # memory and seconds per stage; m512h runs T5 in bf16 (text_encoder.dtype='bf16'), m64v decodes 16 frames per VAE
-    # call (--vae.micro_batch_size=16); both in 10 steps (memory does not depend on the number of steps)
+    # memory and seconds per stage; m512h: T5 in bf16, m64v: 16 frames per VAE call, both in 10 steps (memory does not
+    # depend on them); a512: m512 through app.py's request path (app.generate), to stand beside m512
     **{f"m{n}": dict(kind="memory", config=f"configs/opensora/inference/{c}.py") for n, c in
        (("256", "16x256x256"), ("512", "16x512x512"), ("64", "64x512x512"))},
-    "m512h": dict(kind="memory", config="configs/opensora/inference/16x512x512.py", t5="bf16",
-                  overrides=["--scheduler.num_sampling_steps=10"]),
-    "m64v": dict(kind="memory", config="configs/opensora/inference/64x512x512.py", vae_micro=16,
-                 overrides=["--scheduler.num_sampling_steps=10"]),
+    **{k: dict(kind="memory", config=f"configs/opensora/inference/{c}.py", **x,
+               overrides=["--scheduler.num_sampling_steps=10"])
+       for k, c, x in (("m512h", "16x512x512", dict(t5="bf16")), ("m64v", "64x512x512", dict(vae_micro=16)))},
+    "a512": dict(kind="memory", config="configs/opensora/inference/16x512x512.py", app=True),
     # and its image row: class-conditional DiT-XL/2 on 256x256 images, batch 128 (v1.0: 100 img/s/GPU on H800)
     "img": dict(kind="train", model="DiT-XL/2", condition="label_1000", frames=1, size=256, batch=128, ckpt=[0, 8, 28],
                 online=False, steps=8),
@@ -96,7 +96,8 @@ NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "c512": "
          "i256": "sample 16x256 iddpm100", "i512": "sample 16x512 iddpm100", "img": "DiT 1x256 images, classes",
          **{k: f"{r['model'][:-5]} {r['frames']}x{r['size']} cached" + " ckpt" * (r["frames"] == 64)
             for k, r in ROWS.items() if "model" in r and k != "img"},
-         **{k: f"sample.py {r['config'].split('/')[-1][:-3]}" for k, r in ROWS.items() if r["kind"] == "memory"}}
+         **{k: f"{'app' if r.get('app') else 'sample'}.py {r['config'].split('/')[-1][:-3]}" for k, r in ROWS.items()
+            if r["kind"] == "memory"}}
 
 
 # ----------------------------------------------------------------------------- FLOP count
@@ -131,19 +132,9 @@ def flops(m, latent, L, train):
 
 
 def matmul_ceiling(device, n=8192, reps=20):
-    """bf16 n^3 matmul rate in TFLOP/s (random data, median of reps)."""
+    """bf16 n^3 matmul rate in TFLOP/s (random data, median of reps timings of 10 matmuls: the sync is negligible)."""
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n**3 / statistics.median(times) / 1e12
+    return 2 * n**3 * 10 / statistics.median(timed(lambda: [a @ b for _ in range(10)], reps, device, 1)) / 1e12
 
 
 # ----------------------------------------------------------------------------- building
@@ -273,10 +264,10 @@ def sample_row(args, row, vae, t5, device, dtype):
 
 
 def memory_row(args, row, device):
-    """sample.generate's stages for one prompt under the row's v1.0 inference config (its sampler, steps, dtype and
-    VAE micro-batch unless the row sets them), random weights of the real sizes, T5-XXL at v1.0's fp32 (ROW.t5=bf16:
-    the lower-memory option) on the GPU -> the video's sidecar: seconds and peak GPU memory of each stage. Peaks are
-    torch's allocated bytes: a card also needs room for the CUDA context (~0.5 GiB) and the caching allocator."""
+    """sample.generate's stages for one prompt (ROW.app: through app.generate) under the row's v1.0 inference config
+    (its sampler, steps, dtype, VAE micro-batch unless the row sets them), random weights of the real sizes, T5-XXL in
+    fp32 (ROW.t5=bf16) on the GPU -> the sidecar's seconds and peak GPU memory per stage. Peaks are torch's allocated
+    bytes: a card also needs room for the CUDA context (~0.5 GiB) and the caching allocator."""
     cfg = load_config(row["config"], ["--batch_size=1", *row.get("overrides", [])])
     frames = cfg["vae"].get("micro_batch_size") if row.get("vae_micro") is None else row["vae_micro"]
     dtype = run_dtype(cfg["dtype"], device)
@@ -294,8 +285,14 @@ def memory_row(args, row, device):
             model.compile_blocks()
             sample.generate(dict(cfg, scheduler=dict(cfg["scheduler"], num_sampling_steps=2)), model, vae, t5,
                             [CAPTION], [0], folder, device, dtype, progress=False)
-        path, = sample.generate(cfg, model, vae, t5, [CAPTION], [0], folder, device, dtype, free_text_encoder=True,
-                                progress=False)
+        if row.get("app"):  # app.py's request path on the same models (T5 placed, then back to the CPU)
+            import app
+            s = cfg["sample_scheduler"] or cfg["scheduler"]
+            path = app.generate(dict(cfg, save_dir=folder), (model, vae, t5, device, dtype, {}), CAPTION, 0,
+                                s["type"], s["num_sampling_steps"], s["cfg_scale"])
+        else:
+            path, = sample.generate(cfg, model, vae, t5, [CAPTION], [0], folder, device, dtype, free_text_encoder=True,
+                                    progress=False)
         with open(path.rsplit(".", 1)[0] + ".json") as f:
             side = json.load(f)
     stages = ("text_encoder", "diffusion", "vae")
@@ -314,19 +311,12 @@ def timed(fn, n, device, warmup=2):
     """Wall times of n calls after warmup calls (compilation lands there), the device synchronized around each."""
     for _ in range(warmup):
         fn()
-    sync(device)
     times = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0 = sample.clock(device)
         fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(sample.clock(device) - t0)
     return times
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 # ----------------------------------------------------------------------------- --check: fast path vs plain path
@@ -337,8 +327,7 @@ def rel(a, b):
 def check(args, device):
     """Same weights and inputs through (plain bf16, fast bf16) against fp32 plain: forward output and weight gradients
     of the model, in train mode (no caption dropout); the encoders' bf16 against fp32."""
-    latent = (16, 32, 32) if not args.tiny else (4, 8, 8)
-    B = 2
+    latent, B = (16, 32, 32) if not args.tiny else (4, 8, 8), 2
     torch.manual_seed(0)
     ref = build(args, latent, device, torch.float32, train=True, fast=False)
     ref.y_embedder.dropout_prob = 0.0
@@ -388,7 +377,6 @@ def check(args, device):
     print(f"{'T5 encode bf16':<28}{rel(t16.encode([CAPTION])['y'], t32.encode([CAPTION])['y']):>10.2e}")
 
 
-# ----------------------------------------------------------------------------- main
 # ----------------------------------------------------------------------------- --loader: the data loader and the cache
 LOADER_ROWS = {"16x256": (16, 256, 8), "16x512": (16, 512, 2), "64x512": (64, 512, 1)}  # bench.py's online rows:
 SOURCES = {"1080p": (1080, 1920, 250), "4K": (2160, 3840, 250),  # frames (every 3rd), size, batch; height, width,
@@ -506,13 +494,10 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (loss, AdamW): tf32
     torch._dynamo.config.cache_size_limit = 64  # blocks share one graph; sampling and training shapes add a few
     torch._dynamo.config.automatic_dynamic_shapes = False  # a new batch size is a new static graph, not a dynamic one
-    if args.tiny:
-        for row in ROWS.values():
-            if row["kind"] == "memory":
-                row["overrides"] = ["--num_frames=4", "--image_size=(64, 64)", "--scheduler.num_sampling_steps=2"]
-            else:
-                row.update(size=64, frames=4, steps=2, batch=row.get("batch", 1) and 2) if row["kind"] == "train" else \
-                    row.update(size=64, frames=4, steps=3, repeat=1)
+    for row in ROWS.values() if args.tiny else ():
+        row.update(dict(train=dict(size=64, frames=4, steps=2, batch=row.get("batch", 1) and 2),
+                        sample=dict(size=64, frames=4, steps=3, repeat=1), memory=dict(overrides=[
+                            "--num_frames=4", "--image_size=(64, 64)", "--scheduler.num_sampling_steps=2"]))[row["kind"]])
     for item in args.set:
         key, value = item.split("=", 1)
         name, field = key.split(".")
@@ -543,8 +528,7 @@ def main():
         train = row["kind"] == "train"
         cached = train and not row["online"]
         if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.empty_cache(), torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         r = None
         for ckpt in row["ckpt"] if isinstance(row.get("ckpt"), list) else [row.get("ckpt")]:
@@ -564,8 +548,7 @@ def main():
             fn = r = None  # (outside the except clause: its traceback holds the failed step's tensors)
             gc.collect()
             if cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
+                torch.cuda.empty_cache(), torch.cuda.reset_peak_memory_stats()
         if r is None:
             lines.append(f"{NAMES[name]:<26}{'OOM':>9}  (batch {row.get('batch')})")
             continue
@@ -582,8 +565,8 @@ def main():
         lines.append(line)
         log(line, f"  [{time.perf_counter() - t0:.0f} s incl. build/compile; step times "
                   f"{', '.join(f'{t:.3f}' for t in r['times'])}; {r['flops'] / 1e12:.2f} TFLOP/sample]", flush=True)
-    per = " per GPU" if ctx.world_size > 1 else ""
-    log(f"\n{'row':<26}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}{per}")
+    log(f"\n{'row':<26}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}"
+        + " per GPU" * (ctx.world_size > 1))
     log("\n".join(lines))
     if stages:
         log("\nsampling stages (sample.generate: T5, the diffusion model, the VAE; seconds and peak GPU memory)")

@@ -27,8 +27,7 @@ def one_line_errors(kind, error, tb):
     and exit with code 2; anything else (a bug), or NANOSORA_DEBUG=1, the usual traceback. Under torchrun the line is
     also written to the error file torchrun names (TORCHELASTIC_ERROR_FILE), so its summary ends with our message."""
     if issubclass(kind, (BadInput, OSError)) and not os.environ.get("NANOSORA_DEBUG"):
-        what = "" if issubclass(kind, BadInput) else f"{kind.__name__}: "
-        line = f"error: {what}{' '.join(str(error).split())}"
+        line = one_line(error)
         print(line, file=sys.stderr, flush=True)
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):
             with contextlib.suppress(OSError):
@@ -36,6 +35,11 @@ def one_line_errors(kind, error, tb):
                     json.dump(dict(message=line, timestamp=int(time.time())), f)  # torchrun shows a str as is
         raise SystemExit(2)  # raised inside the hook, Python exits with this code (atexit handlers still run)
     sys.__excepthook__(kind, error, tb)
+
+
+def one_line(error):
+    """'error: MESSAGE' on one line (an OSError's type named): what the hook prints and app.py's page shows."""
+    return f"error: {'' if isinstance(error, BadInput) else type(error).__name__ + ': '}{' '.join(str(error).split())}"
 
 
 def run_dtype(name, device, log=print):

@@ -92,9 +92,9 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
              free_text_encoder=False, progress=True, overwrite=False):
     """Sample prompts[k] from seeds[k] in batches of cfg["batch_size"]; write mp4s (PNGs for one frame) and their JSON
     sidecars; return the paths. Every prompt through the text encoder (then, if free_text_encoder, T5 is dropped to
-    make room), then batch by batch the diffusion model, and the VAE one video at a time, each saved at once. An
-    existing file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False: sample, decode and
-    write nothing (the other ranks of a sequence-parallel group)."""
+    make room; "cpu": moved there), then batch by batch the diffusion model, and the VAE one video at a time, each
+    saved at once. An existing file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False:
+    sample, decode and write nothing (the other ranks of a sequence-parallel group)."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
     text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
@@ -107,8 +107,8 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     t0 = clock(device)
     encoded = [{k: v.cpu() for k, v in text_encoder.encode(prompts[b]).items()} for b in batches]  # (CPU: any count)
     stats = dict(text_encoder_s=clock(device) - t0)
-    if free_text_encoder and getattr(text_encoder, "model", None) is not None:
-        text_encoder.model = None  # encode() is done for this run; null() needs only the model's y_embedder
+    if free_text_encoder and getattr(text_encoder, "model", None) is not None:  # null() needs only the y_embedder
+        text_encoder.model = None if free_text_encoder is True else text_encoder.model.cpu()  # "cpu": app.py's next
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
     stats["text_encoder_peak_gib"] = peak_gib(device)  # (after freeing T5: the next stage's count starts without it)
@@ -262,8 +262,9 @@ def read_prompts(path, key):
         raise BadInput(f"{key} {path}: not UTF-8 text ({e}): give a text file, one prompt per line") from e
 
 
-def main():
-    args, overrides = parse_args(sys.argv[1:])
+def configure(args, overrides):
+    """The parsed command line -> (cfg, where it came from, the sha256 a sidecar expects): every check that needs no
+    model, shared by app.py."""
     expected_sha = None
     if args.from_json:
         cfg, expected_sha = read_sidecar(args, overrides)
@@ -281,24 +282,19 @@ def main():
     cfg[sched] = dict(cfg[sched], **flags) if flags and isinstance(cfg[sched], dict) else cfg[sched]
     validate(cfg, "sample")
     sweep(os.path.join(glob.escape(cfg["save_dir"]), "*"))  # the temp files of a killed run
-    prompts = args.prompts + (args.prompt or []) + read_prompts(args.prompt_path, "--prompt_path")
-    if not prompts and cfg["prompt"]:  # the config's prompts only when the command line gives none (as v1.0)
-        prompts = [cfg["prompt"]] if isinstance(cfg["prompt"], str) else list(cfg["prompt"])
-    if not prompts:
-        prompts = read_prompts(cfg["prompt_path"], f"prompt_path in {where}")
-    if not prompts:
-        raise BadInput("no prompts: give them on the command line, with --prompt or with --prompt_path")
-    ctx = parallel.setup(cfg["sp_size"])  # torchrun: the prompts split over the data-parallel ranks
-    log = print if ctx.is_main else (lambda *a, **k: None)
-    # the weights before the encoders: a failed download or a bad file must not wait until T5-XXL has loaded
+    return cfg, where, expected_sha
+
+
+def build(cfg, ctx, log=print, expected_sha=None, source=None):
+    """The weights (checked first: a failed download or a bad file must not wait until T5-XXL has loaded), then the
+    VAE, the text encoder and the model -> (model, vae, text_encoder, dtype, meta); app.py builds the same way."""
     name = cfg["ckpt"] or cfg["model"]["from_pretrained"]
     weights, state = newest_that_loads(resolve_weights(name), read_weights)
     digest = sha256(weights)
     if expected_sha and digest != expected_sha:
-        raise BadInput(f"{weights}: sha256 {digest[:12]}.. is not the {expected_sha[:12]}.. of {args.from_json}: "
+        raise BadInput(f"{weights}: sha256 {digest[:12]}.. is not the {expected_sha[:12]}.. of {source}: "
                        "these are other weights; put the original file at its path")
     meta = dict(weights=dict(name=name, path=os.path.abspath(weights), sha256=digest))
-
     device = ctx.device
     dtype = run_dtype(cfg["dtype"], device, log)
     vae = build_vae(cfg["vae"], device=device, dtype=dtype)
@@ -315,10 +311,26 @@ def main():
         torch.backends.cudnn.benchmark = True
         model.compile_blocks()
     place_text_encoder(text_encoder, device, log)  # beside the diffusion model and the VAE, if it fits
+    return model, vae, text_encoder, dtype, meta
+
+
+def main():
+    args, overrides = parse_args(sys.argv[1:])
+    cfg, where, expected_sha = configure(args, overrides)
+    prompts = args.prompts + (args.prompt or []) + read_prompts(args.prompt_path, "--prompt_path")
+    if not prompts and cfg["prompt"]:  # the config's prompts only when the command line gives none (as v1.0)
+        prompts = [cfg["prompt"]] if isinstance(cfg["prompt"], str) else list(cfg["prompt"])
+    if not prompts:
+        prompts = read_prompts(cfg["prompt_path"], f"prompt_path in {where}")
+    if not prompts:
+        raise BadInput("no prompts: give them on the command line, with --prompt or with --prompt_path")
+    ctx = parallel.setup(cfg["sp_size"])  # torchrun: the prompts split over the data-parallel ranks
+    log = print if ctx.is_main else (lambda *a, **k: None)
+    model, vae, text_encoder, dtype, meta = build(cfg, ctx, log, expected_sha, args.from_json)
     mine = [k for k in range(ctx.dp_rank, len(prompts), ctx.dp_size) if not args.skip_existing or not os.path.exists(
         os.path.join(cfg["save_dir"], video_name(prompts[k], cfg["seed"] + k) + ".json"))]  # (written after its video)
     for path in generate(cfg, model, vae, text_encoder, [prompts[k] for k in mine], [cfg["seed"] + k for k in mine],
-                         cfg["save_dir"], device, dtype, meta, write=ctx.sp_rank == 0, free_text_encoder=True,
+                         cfg["save_dir"], ctx.device, dtype, meta, write=ctx.sp_rank == 0, free_text_encoder=True,
                          progress=ctx.is_main, overwrite=args.overwrite or args.skip_existing):
         print(path)
     parallel.cleanup()

@@ -2781,6 +2781,144 @@ def test_reliab_7_an_interrupted_sample_run_keeps_its_videos_and_goes_on(tiny_ru
     assert len(os.listdir(tmp_path)) == 6 and all(json.load(open(p[:-4] + ".json")) for p in written)
 
 
+# ============================================================================= app.py: the web demo (gradio_client, load and faults, a real browser)
+APP_TINY = ["--model.depth=1", "--model.hidden_size=32",
+            "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"]
+
+
+@pytest.fixture(scope="module")
+def app_server(tiny_run):
+    """app.py serving tiny_run's model on a free port (in this process): -> (module, url, save_dir, gradio_client)."""
+    app = pytest.importorskip("app", reason="gradio is not installed (pip install -r requirements.txt)")
+    client = pytest.importorskip("gradio_client")
+    out = tiny_run / "app"
+    args = app.parse([str(ROOT / "configs/shapes.py"), "--ckpt", f"{tiny_run}/a/shapes", "--save_dir", str(out),
+                      "--port", str(free_port()), "--queue", "32", *APP_TINY])
+    demo = app.serve(args, block=False)
+    yield app, demo.local_url, out, client.Client(demo.local_url, verbose=False)
+    demo.close()
+
+
+def test_app_video_equals_sample_py(app_server, tiny_run):
+    app, url, out, client = app_server
+    video, side, gallery = client.predict("a red circle moving right", 7, "dpm-solver", 3, 4.0, api_name="/generate")
+    cli = subprocess.run([sys.executable, str(ROOT / "sample.py"), "--config", str(ROOT / "configs/shapes.py"),
+                          "--ckpt", f"{tiny_run}/a/shapes", "--save_dir", f"{tiny_run}/cli", "--seed", "7",
+                          "--sample_scheduler.num_sampling_steps=3", *APP_TINY, "a red circle moving right"],
+                         cwd=tiny_run, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    frames = read_video(video)
+    assert frames.std() > 0 and np.array_equal(frames, read_video(cli.stdout.split()[-1]))  # same code path
+    side = json.load(open(side))
+    assert (side["prompt"], side["seed"], side["num_sampling_steps"], side["cfg_scale"]) == (
+        "a red circle moving right", 7, 3, 4.0) and side["weights"]["sha256"]
+    assert os.path.basename(video) in [os.path.basename(g["video"]) for g in gallery]
+
+
+def test_app_bad_input_is_one_line(app_server, tmp_path, monkeypatch):
+    app, url, out, client = app_server
+    from gradio_client.exceptions import AppError
+    for inputs, says in ((("", 0, "dpm-solver", 3, 4.0), "prompt of 0 characters"),
+                         (("x" * 501, 0, "dpm-solver", 3, 4.0), "prompt of 501 characters"),
+                         (("a prompt", 0, "dpm-solver", 1, 4.0), "steps 1, guidance 4.0: give a prompt of 1 to 500 "
+                                                                 "characters, a seed, steps >= 2"),
+                         (("a prompt", None, "iddpm", 3, 4.0), "seed None"),
+                         (("a prompt", 0, "iddpm", 3, -1.0), "less than minimum value 0")):  # (gradio's check)
+        with pytest.raises(AppError) as error:
+            client.predict(*inputs, api_name="/generate")
+        assert says in str(error.value) and "\n" not in str(error.value), str(error.value)
+    monkeypatch.chdir(tmp_path)  # no outputs/shapes here; a bad flag or config: sample.py's line, before any model
+    assert "run the quick start first" in bad_input(app.parse, [])
+    assert "--port" in bad_input(app.parse, ["--port", "x"])
+    assert bad_input(app.parse, [str(ROOT / "configs/shapes.py"), "--model.depht=1"]) == bad_input(
+        lambda: sample_configure(["--config", str(ROOT / "configs/shapes.py"), "--model.depht=1"]))
+
+
+def sample_configure(argv):
+    import sample
+    return sample.configure(*sample.parse_args(argv))
+
+
+def test_app_20_concurrent_requests_one_at_a_time(app_server, monkeypatch):
+    app, url, out, client = app_server
+    import sample
+    generate, active, most = sample.generate, [0], [0]
+
+    def counted(*a, **k):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        try:
+            return generate(*a, **k)
+        finally:
+            active[0] -= 1
+    monkeypatch.setattr(sample, "generate", counted)
+    jobs = [client.submit("a blue square moving up", 100 + i, "dpm-solver", 2, 4.0, api_name="/generate")
+            for i in range(20)]
+    videos = [job.result(timeout=300)[0] for job in jobs]
+    assert most[0] == 1 and len({os.path.basename(v) for v in videos}) == 20  # none lost, none at the same time
+
+
+def test_app_stop_and_lost_client_do_not_stick_the_queue(app_server, monkeypatch):
+    app, url, out, client = app_server
+    import sample
+    calls = []
+    monkeypatch.setattr(sample, "place_text_encoder", lambda *a: calls.append(time.sleep(0.5)))  # a slower start
+    job = client.submit("a green circle moving left", 1, "iddpm", 200, 4.0, api_name="/generate")
+    while job.status().code.name not in ("PROCESSING", "PROGRESS"):
+        time.sleep(0.05)
+    job.cancel()  # the Stop button's request
+    lost = subprocess.Popen([sys.executable, "-c", "import sys, time; from gradio_client import Client; c = Client("
+                             f"{url!r}, verbose=False); c.submit('a red square moving up', 2, 'iddpm', 200, 4.0, "
+                             "api_name='/generate'); time.sleep(1.5)"])  # exits mid-run: its connection drops
+    assert lost.wait(timeout=60) == 0
+    t0 = time.perf_counter()
+    video, _, _ = client.predict("a yellow square moving down", 3, "dpm-solver", 2, 4.0, api_name="/generate")
+    assert os.path.exists(video) and time.perf_counter() - t0 < 60 and calls
+    assert not list(out.glob("a_green_circle_moving_left-*seed1.mp4"))  # the stopped run wrote nothing
+
+
+def test_app_serves_no_file_outside_its_folders(app_server):
+    app, url, out, client = app_server
+    import urllib.error
+    import urllib.request
+    client.predict("a red circle moving right", 5, "dpm-solver", 2, 4.0, api_name="/generate")
+    inside = next(out.glob("*.mp4"))
+
+    def status(path):
+        try:
+            return urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=30).status
+        except urllib.error.HTTPError as e:
+            return e.code
+    assert status(inside) == 200
+    assert all(status(p) in (403, 404) for p in ("/etc/passwd", ROOT / "sample.py", out.parent / "a/shapes/loss.txt"))
+
+
+def test_app_in_a_real_browser(app_server, tmp_path):
+    """Headless chromium: type a prompt, click Generate, see the progress bar and a playing <video>; a screenshot.
+    Skips without playwright or chromium, except under CI (env CI), where .ci/run installs both."""
+    app, url, out, client = app_server
+    try:
+        from playwright.sync_api import sync_playwright
+        assert os.path.exists("/usr/bin/chromium"), "no /usr/bin/chromium"
+    except (ImportError, AssertionError) as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no browser ({e}): apt-get install chromium; pip install playwright")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport=dict(width=1200, height=900))
+        page.goto(url)
+        page.get_by_label("Prompt").fill("a green circle moving left")
+        page.get_by_label("number input for Steps").fill("60")  # long enough to watch the bar
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_selector(".progress-text, .eta-bar", timeout=60000)
+        page.wait_for_function("() => { const v = document.querySelector('video');"
+                               " return v && v.readyState >= 2 && v.duration > 0 }", timeout=120000)
+        page.screenshot(path=tmp_path / "app.png", full_page=True)
+        browser.close()
+    assert (tmp_path / "app.png").stat().st_size > 10000
+
+
 # ============================================================================= train.py: resume, stops, logging, torchrun
 TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.hidden_size=32", "--log_every=1",
               "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}",
