@@ -35,8 +35,9 @@ import torch
 from tqdm import tqdm
 
 import parallel
+import stepcache
 from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights
-from config import load_config, validate
+from config import DEFAULTS, load_config, validate
 from diffusion import build_scheduler
 from errors import BadInput, one_line_errors, run_dtype, write_atomic
 from model import PixArtMS, build_model
@@ -95,6 +96,7 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     nothing (the other ranks of a sequence-parallel group)."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
+    steps = getattr(scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None))  # model calls a video
     text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
     latent_size = vae.get_latent_size((cfg["num_frames"], *cfg["image_size"]))
     extra = dict(data_info=PixArtMS.data_info(cfg["image_size"], device, dtype)) if cfg["multi_resolution"] else {}
@@ -115,8 +117,9 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     for b, enc in zip(tqdm(batches, desc="sampling", disable=not show), encoded):
         generators = [torch.Generator(device).manual_seed(s) for s in seeds[b]]
         enc = {k: v.to(device) for k, v in enc.items()}
-        latents += scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device, extra,
-                                    progress=progress, generators=generators, encoded=enc).unbind()
+        with stepcache.attached(model, cfg["cache"], steps):  # None: the exact path
+            latents += scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device,
+                                        extra, progress=progress, generators=generators, encoded=enc).unbind()
     stats.update(diffusion_s=clock(device) - t0, diffusion_peak_gib=peak_gib(device))
     paths, seconds = [], 0.0
     for prompt, seed, z in zip(prompts, seeds, latents if write else []):  # decode and write one video at a time
@@ -135,7 +138,7 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     for prompt, seed, path in zip(prompts, seeds, paths):  # the stages' seconds and peaks are the whole run's
         write_json(os.path.splitext(path)[0] + ".json", dict(
             prompt=prompt, seed=seed, sampler=sched_cfg["type"], cfg_scale=scheduler.cfg_scale,
-            num_sampling_steps=getattr(scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None)),
+            num_sampling_steps=steps, cache=stepcache.settings(cfg["cache"]),
             num_frames=cfg["num_frames"], image_size=list(cfg["image_size"]), fps=cfg["fps"],
             dtype=str(dtype).removeprefix("torch."), device=torch.cuda.get_device_name(device)
             if device.type == "cuda" else platform.processor() or "cpu", videos_in_run=len(prompts), **stats,
@@ -185,6 +188,7 @@ FLAGS = {  # our name: (v1.0's spelling, type, help); every flag also takes '-' 
     "num_sampling_steps": ("num-sampling-steps", int, "the sampler's steps"),
     "cfg_scale": ("cfg-scale", float, "classifier-free guidance scale"),
     "sp_size": (None, int, "under torchrun: processes that sample each video together (Ulysses)"),
+    "cache": (None, str, "reuse work across steps: pab, teacache:0.1, pab:spatial=3 (docs/sampling-cache.md)"),
     "from_json": (None, str, "a sidecar: sample its video again")}
 
 
@@ -227,11 +231,11 @@ def read_sidecar(args, overrides):
                          "cfg_scale") if getattr(args, k) not in (None, [])]
     if overrides or given:
         raise BadInput(f"--from_json takes the config, prompt, seed, sampler and weights from the file, not "
-                       f"{(overrides or given)[0]}: beside it give only --save_dir, --overwrite or --sp_size")
+                       f"{(overrides or given)[0]}: beside it give only --save_dir, --overwrite, --sp_size or --cache")
     try:
         with open(args.from_json) as f:
             side = json.load(f)
-        cfg, weights = tuples(side["config"]), side["weights"]
+        cfg, weights = {**DEFAULTS, **tuples(side["config"])}, side["weights"]  # (keys added since: defaults)
         cfg.update(seed=side["seed"], prompt=side["prompt"], prompt_path=None)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BadInput(f"--from_json {args.from_json}: not a sample.py sidecar ({type(e).__name__}: {e})") from e
@@ -261,7 +265,7 @@ def main():
     if sched == "sample_scheduler" and any(o.startswith(("--scheduler.", "--scheduler=")) for o in overrides):
         raise BadInput(f"{where} samples with sample_scheduler (type {cfg['sample_scheduler'].get('type')!r}), "
                        "not scheduler: override --sample_scheduler.KEY=VALUE instead")
-    cfg.update({k: getattr(args, k) for k in ("ckpt", "save_dir", "seed", "batch_size", "sp_size")
+    cfg.update({k: getattr(args, k) for k in ("ckpt", "save_dir", "seed", "batch_size", "sp_size", "cache")
                 if getattr(args, k) is not None})
     cfg[sched] = dict(cfg[sched], **{k: getattr(args, k) for k in ("num_sampling_steps", "cfg_scale")
                                      if getattr(args, k) is not None})
