@@ -92,7 +92,7 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
 }
 NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "c512": "train 16x512 cached", "t512": "train 16x512 online",
          "t64": "train 64x512 online ckpt", "c64": "train 64x512 cached ckpt", "l360": "train 360x512 cached ckpt",
-         "img": "DiT 1x256 images, classes", **{k: f"sample 16x{r['size']} " + ("dpm20+cfg" if r["sampler"] == "dpm-solver" else
+         "img": "DiT 1x256 images, classes", **{k: f"sample 16x{r['size']} " + ("dpm20+cfg" if r["steps"] == 20 else
                                                 "iddpm100") + (f" {r['cache'][:3]}" if r["cache"] else "")
                                                 for k, r in ROWS.items() if r["kind"] == "sample"},
          **{k: f"{r['model'][:-5]} {r['frames']}x{r['size']} cached" + " ckpt" * (r["frames"] == 64)

@@ -13,9 +13,9 @@ model counts steps itself. Measured speed and error: docs/sampling-cache.md.
 """
 import ast
 import contextlib
+import re
 
 import torch
-import torch._dynamo
 
 from errors import BadInput
 from layers import modulate
@@ -23,6 +23,7 @@ from layers import modulate
 PRESETS = dict(pab=dict(type="pab", spatial=2, temporal=4, cross=6, start=0.15, end=0.85),
                teacache=dict(type="teacache", threshold=0.1))
 BRANCHES = ("spatial", "temporal", "cross")
+NUMBER = r"-?\d+(\.\d*)?(e-?\d+)?"
 
 
 def settings(spec):
@@ -32,13 +33,9 @@ def settings(spec):
         return None
     if isinstance(spec, str):
         name, _, rest = spec.partition(":")
-        first, spec = [k for k in PRESETS.get(name, {}) if k != "type"][:1], dict(type=name)
-        for key, eq, value in (item.rpartition("=") for item in rest.split(",") if item):
-            try:
-                spec[key if eq else first[0]] = ast.literal_eval(value)
-            except (ValueError, SyntaxError, IndexError):
-                raise BadInput(f"cache={rest!r}: give NAME:KNOB=NUMBER,.. (pab:spatial=3) or NAME:NUMBER "
-                               "(teacache:0.1)") from None
+        first, spec = ([k for k in PRESETS.get(name, {}) if k != "type"] or ["value"])[0], dict(type=name)
+        for key, eq, value in (item.rpartition("=") for item in rest.split(",") if item):  # a non-number: refused below
+            spec[key if eq else first] = ast.literal_eval(value) if re.fullmatch(NUMBER, value) else value
     knobs = dict(PRESETS.get(spec.get("type") if isinstance(spec, dict) else None) or {})
     if not knobs:
         raise BadInput(f"cache={spec!r}: give None or a preset: {', '.join(PRESETS)} (docs/sampling-cache.md)")
@@ -46,8 +43,8 @@ def settings(spec):
         if key not in knobs or key != "type" and type(value) not in (int, float):
             raise BadInput(f"cache.{key}={value!r}: {knobs['type']} takes numbers for {', '.join(list(knobs)[1:])}")
         knobs[key] = value
-    ok = knobs.get("threshold", 0) >= 0 and all(type(knobs.get(b, 1)) is int and knobs.get(b, 1) >= 1
-                                                for b in BRANCHES) and 0 <= knobs.get("start", 0) <= knobs.get("end", 1) <= 1
+    ok = knobs.get("threshold", 0) >= 0 and 0 <= knobs.get("start", 0) <= knobs.get("end", 1) <= 1 and all(
+        type(knobs.get(b, 1)) is int and knobs.get(b, 1) >= 1 for b in BRANCHES)
     if not ok:
         raise BadInput(f"cache={spec!r}: periods are whole numbers >= 1, 0 <= start <= end <= 1, threshold >= 0")
     return knobs
@@ -60,8 +57,9 @@ class StepCache:
     def __init__(self, knobs, steps):
         self.knobs, self.steps, self.step = knobs, steps, -1
         self.plan = {}  # PAB: branch -> True (reuse the kept output) or False (compute and keep it); absent: compute
-        self.last, self.moved, self.residual = None, 0.0, None
-        self.reused = 0  # steps skipped (TeaCache), or branch outputs each block reused (PAB)
+        # TeaCache: block 0's last input and the change since; the blocks' last residual; reused: steps skipped
+        # (TeaCache) or branch outputs each block reused (PAB)
+        self.last, self.moved, self.residual, self.reused = None, 0.0, None, 0
 
     def begin(self, block, x, t0):
         """The model calls it once a step, before the blocks, on all tokens x (B, T, S, C) (before a sequence-parallel
@@ -73,8 +71,7 @@ class StepCache:
             self.plan = {n: (i - a) % k[n] > 0 for n in BRANCHES if a <= i < b}
             self.reused += sum(self.plan.values())
             return False
-        shift, scale = block.modulation(t0)[:2]
-        m = modulate(block.norm1(x), shift, scale)
+        m = modulate(block.norm1(x), *block.modulation(t0)[:2])  # what block 0's spatial attention sees
         if self.last is not None:
             self.moved += ((m - self.last).abs().mean() / self.last.abs().mean()).item()
         self.last = m
@@ -86,8 +83,7 @@ class StepCache:
         """TeaCache: the blocks' output, x_in (B, T, S, C) + the last full step's residual when they were skipped."""
         if skipped:
             return x_in + self.residual
-        if self.knobs["type"] == "teacache":
-            self.residual = x - x_in
+        self.residual = x - x_in
         return x
 
 
@@ -108,20 +104,17 @@ def attached(model, spec, steps):
     """with attached(model, cfg["cache"], steps): sample -- the model and its blocks share one StepCache (None: the
     exact path) for a run of `steps` model calls."""
     knobs = settings(spec)
-    if knobs is None:
-        yield None
-        return
-    if not hasattr(model, "step_cache"):
+    if knobs and not hasattr(model, "step_cache"):
         raise BadInput(f"cache: for STDiT, PixArt and PixArtMS, not {type(model).__name__}: use cache=None")
-    cache = StepCache(knobs, steps)
+    cache, touched = knobs and StepCache(knobs, steps), (model, *model.blocks) if knobs else ()  # None: untouched
     # compiled blocks: one graph per plan (<= 6 under PAB) and block 0's; a higher limit than torch's 8 keeps them all
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    for m in (model, *model.blocks):
+    for m in touched:
         m.step_cache, m.kept = cache, {}
     try:
         yield cache
     finally:
-        for m in (model, *model.blocks):
+        for m in touched:
             m.step_cache, m.kept = None, {}
 
 
