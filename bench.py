@@ -6,17 +6,17 @@
     python bench.py --set=t512.batch=4   # change a row's setting
     python bench.py --tiny               # tiny random models on the CPU: a smoke test of this file
 
-Rows (train.py's step: encode, IDDPM training_losses, backward, ZeroAdamW step, EMA; data loading not included):
-t256 / c256 train 16x256 with VAE + T5 encoding in the step / from cached latents and caption embeddings; t512 / c512
-the same at 16x512; t64 / c64 train 64x512 online / cached with gradient checkpointing; l360 a long clip (360x512,
-cached, all blocks recomputed), for sequence parallelism; s256 / s512 sample one video (T5, 20 DPM-Solver
-steps with guidance, VAE decode; model build excluded), i256 / i512 the same with 100 IDDPM steps.
+Rows (train.py's step: encode, IDDPM training_losses, backward, ZeroAdamW step, EMA; data loading not included): t256
+/ c256 train 16x256 with VAE + T5 encoding in the step / from cached latents and caption embeddings; t512 / c512 the
+same at 16x512; t64 / c64 train 64x512 online / cached with gradient checkpointing; l360 a long clip (360x512, cached,
+all blocks recomputed), for sequence parallelism; s256 / s512 sample one video (T5, 20 DPM-Solver steps with guidance,
+VAE decode; model build excluded), i256 / i512 with 100 IDDPM steps; -pab, -teacache: with that cache (stepcache.py).
 Under torchrun the train rows run train.py's distributed step (ZeroAdamW over all ranks, Ulysses when sp_size > 1),
 `batch` samples per sequence-parallel group, and every rate is per GPU. Cached rows draw random caption embeddings
 (T5-XXL's width, all 120 tokens): no encoder is built unless a row needs one.
 Columns: samples/s (videos/s for sampling), latent tokens/s through the model, the model's TFLOP/s counted
-analytically (flops() below: matmuls + attention, training x3; checkpoint recomputation NOT counted; VAE and T5 not
-counted), MFU against the bf16 matmul rate measured here (8192^3), peak allocated memory.
+analytically (flops() below: matmuls + attention, training x3; checkpoint recomputation NOT counted, nor what a cache
+skips; VAE and T5 not counted), MFU against the bf16 matmul rate measured here (8192^3), peak allocated memory.
 """
 import argparse
 import ast
@@ -41,6 +41,7 @@ import layers
 import model as stdit
 import parallel
 import sample
+import stepcache
 import text
 import vae as vaes
 import video
@@ -69,10 +70,9 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
     "t64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[10, 12, 14, 16, 20, 24, 28], online=True, steps=4),
     "c64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[10, 12, 14, 16, 20, 24, 28], online=False, steps=4),
     "l360": dict(kind="train", frames=360, size=512, batch=1, ckpt=[28], online=False, steps=2),
-    "s256": dict(kind="sample", frames=16, size=256, sampler="dpm-solver", steps=20, repeat=3),
-    "s512": dict(kind="sample", frames=16, size=512, sampler="dpm-solver", steps=20, repeat=2),
-    "i256": dict(kind="sample", frames=16, size=256, sampler="iddpm", steps=100, repeat=1),
-    "i512": dict(kind="sample", frames=16, size=512, sampler="iddpm", steps=100, repeat=1),
+    **{n + (c and f"-{c}"): dict(kind="sample", frames=16, size=z, sampler=s, steps=k, repeat=r, cache=c or None)
+       for n, z, s, k, r in (("s256", 256, "dpm-solver", 20, 3), ("s512", 512, "dpm-solver", 20, 2),
+                             ("i256", 256, "iddpm", 100, 1), ("i512", 512, "iddpm", 100, 1)) for c in ("", *stepcache.PRESETS)},
     # the zoo from cached latents and captions: v1.0's acceleration table (full attention vs STDiT's split attention)
     **{f"{m[0].lower()}{n}": dict(kind="train", model=f"{m}-XL/2", frames=f, size=z, batch=b, online=False,
                                   ckpt=[0, 8, 14, 20, 28] if f < 64 else [10, 12, 14, 16, 20, 24, 28], steps=6 if f < 64 else 4)
@@ -92,8 +92,9 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
 }
 NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "c512": "train 16x512 cached", "t512": "train 16x512 online",
          "t64": "train 64x512 online ckpt", "c64": "train 64x512 cached ckpt", "l360": "train 360x512 cached ckpt",
-         "s256": "sample 16x256 dpm20+cfg", "s512": "sample 16x512 dpm20+cfg",
-         "i256": "sample 16x256 iddpm100", "i512": "sample 16x512 iddpm100", "img": "DiT 1x256 images, classes",
+         "img": "DiT 1x256 images, classes", **{k: f"sample 16x{r['size']} " + ("dpm20+cfg" if r["steps"] == 20 else
+                                                "iddpm100") + (f" {r['cache'][:3]}" if r["cache"] else "")
+                                                for k, r in ROWS.items() if r["kind"] == "sample"},
          **{k: f"{r['model'][:-5]} {r['frames']}x{r['size']} cached" + " ckpt" * (r["frames"] == 64)
             for k, r in ROWS.items() if "model" in r and k != "img"},
          **{k: f"{'app' if r.get('app') else 'sample'}.py {r['config'].split('/')[-1][:-3]}" for k, r in ROWS.items()
@@ -145,8 +146,7 @@ def on(device):
 
 def latent_size(args, frames, size):
     """The latent (T, h, w) of a (frames, size, size) clip under bench's VAE (the class's own down-sampling)."""
-    down = vaes.VideoAutoencoderKL.down_sampling(TINY_VAE if args.tiny else SD_VAE)
-    return vaes.latent_size((frames, size, size), down)
+    return vaes.latent_size((frames, size, size), vaes.VideoAutoencoderKL.down_sampling(TINY_VAE if args.tiny else SD_VAE))
 
 
 def build_encoders(args, device, dtype):
@@ -168,8 +168,7 @@ def build(args, latent, device, dtype, train, fast, row=None):
         cfg, caption = dict(type=kind, space_scale=0.5 if latent[1] <= 32 else 1.0), args.caption_channels
     else:
         cfg, caption = dict(type=kind, condition=row.get("condition", "text")), CLIP_WIDTH
-    if args.tiny:
-        cfg.update(TINY_MODEL)
+    cfg.update(TINY_MODEL if args.tiny else {})
     torch.manual_seed(0)  # the same weights on every rank (ZeroAdamW checks)
     with on(device):
         m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=caption, model_max_length=120,
@@ -214,7 +213,7 @@ def train_row(args, row, vae, t5, device, dtype):
         return train_step(model, opt, scheduler, x, kwargs, 1.0, 0.9999)[0]
 
     sp = args.ctx.sp_size  # an SP group of sp GPUs trains on B samples a step: B / sp per GPU
-    return step, dict(per_call=B / sp, flops=flops(model, latent, 120, train=True), ntok=model_tokens(model, latent))
+    return step, dict(per_call=B / sp, flops=flops(model, latent, 120, train=True), ntok=math.prod(model.grid_size))
 
 
 def loss_curve(args, device, dtype):
@@ -256,11 +255,13 @@ def sample_row(args, row, vae, t5, device, dtype):
 
     @torch.no_grad()
     def run():  # sample.generate's work for one prompt, minus writing the file
-        z = scheduler.sample(model, t5, (vae.out_channels, *latent), [CAPTION], device, progress=False)
+        with stepcache.attached(model, row.get("cache"), row["steps"]):
+            z = scheduler.sample(model, t5, (vae.out_channels, *latent), [CAPTION], device, progress=False)
         return vae.decode(z.to(dtype)).float().clamp(-1, 1)
 
     fwd = flops(model, latent, 120, train=False)
-    return run, dict(per_call=1, flops=fwd * 2 * row["steps"], ntok=model_tokens(model, latent) * 2 * row["steps"])
+    return run, dict(per_call=1, flops=fwd * 2 * row["steps"], ntok=math.prod(model.grid_size) * 2 * row["steps"],
+                     model=model)
 
 
 def memory_row(args, row, device):
@@ -303,20 +304,15 @@ def memory_row(args, row, device):
             + f"  peak {peak:5.1f} GiB")
 
 
-def model_tokens(model, latent):
-    return math.prod(n // p for n, p in zip(latent, model.patch_size))
-
-
 def timed(fn, n, device, warmup=2):
     """Wall times of n calls after warmup calls (compilation lands there), the device synchronized around each."""
     for _ in range(warmup):
         fn()
-    times = []
+    ends = [sample.clock(device)]
     for _ in range(n):
-        t0 = sample.clock(device)
         fn()
-        times.append(sample.clock(device) - t0)
-    return times
+        ends.append(sample.clock(device))
+    return [b - a for a, b in zip(ends, ends[1:])]
 
 
 # ----------------------------------------------------------------------------- --check: fast path vs plain path
@@ -340,8 +336,7 @@ def check(args, device):
     for m in (plain, fast):
         m.load_state_dict(ref.state_dict())
         m.y_embedder.dropout_prob = 0.0
-    x = torch.randn(B, 4, *latent, device=device)
-    t = torch.tensor([10.0, 990.0], device=device)
+    x, t = torch.randn(B, 4, *latent, device=device), torch.tensor([10.0, 990.0], device=device)
     y = torch.randn(B, 1, 120, args.caption_channels, device=device)
     mask = torch.zeros(B, 120, dtype=torch.long, device=device)
     mask[0, :120], mask[1, :37] = 1, 1
@@ -356,9 +351,8 @@ def check(args, device):
             grads = torch.cat([p.grad.float().flatten() for p in m.parameters()])
             results[name, ckpt] = out.detach(), grads
     print(f"{'STDiT path':<28}{'out err':>10}{'grad err':>10}   (relative Frobenius error against fp32 plain)")
-    for name in ("plain", "fast"):
-        for ckpt in (False, True):
-            o, g = results[name, ckpt]
+    for (name, ckpt), (o, g) in results.items():
+        if name != "fp32":
             print(f"{name + ' bf16' + (' + ckpt' if ckpt else ''):<28}{rel(o, results['fp32', False][0]):>10.2e}"
                   f"{rel(g, results['fp32', False][1]):>10.2e}")
     print(f"{'fast vs plain bf16':<28}{rel(results['fast', False][0], results['plain', False][0]):>10.2e}"
@@ -375,6 +369,15 @@ def check(args, device):
     print(f"{'VAE encode fast vs plain':<28}{rel(z16, v16.encode(video.bfloat16(), sample=False)):>10.2e}")
     print(f"{'VAE decode bf16':<28}{rel(v16.decode(z32.bfloat16()), v32.decode(z32)):>10.2e}")
     print(f"{'T5 encode bf16':<28}{rel(t16.encode([CAPTION])['y'], t32.encode([CAPTION])['y']):>10.2e}")
+    videos = {}  # each cache preset against exact sampling (the row before it), same weights and noise
+    for name in [n for n in ROWS if n[:4] in ("s256", "i256")]:
+        fn, r = sample_row(args, ROWS[name], v16, t16, device, torch.bfloat16)
+        for p in (p for p in r["model"].parameters() if not p.any()):  # as above: the zero layers made random
+            p.data.normal_(0, 0.02)
+        torch.manual_seed(0)
+        videos[name] = fn()
+        if ROWS[name]["cache"]:
+            print(f"{name + ' vs exact, PSNR':<28}{stepcache.psnr(videos[name], videos[name[:4]]):>7.1f} dB")
 
 
 # ----------------------------------------------------------------------------- --loader: the data loader and the cache
@@ -435,8 +438,8 @@ def loader_bench(clip_dir, workers=(1, 2), samples=8, feed=None):
     second as prepare.py scenes writes) for bench.py's online training rows, the workers each row needs at `feed`
     samples/s, the cost of a window by position in a 60 s 1080p clip, and the cache's bytes per sample."""
     torch.set_num_threads(1)  # as in DataLoader workers
-    print("| source | loader row | " + " | ".join(f"{w} workers: samples/s per worker" for w in workers) + " |")
-    print("|---|---|" + "---|" * len(workers))
+    print("| source | loader row | " + " | ".join(f"{w} workers: samples/s per worker" for w in workers) + " |\n"
+          + "|---|---|" + "---|" * len(workers))
     per_worker = {}
     for source, (height, width, keyint) in SOURCES.items():
         clip = bench_clip(os.path.join(clip_dir, f"{source}_30s.mp4"), 30, height, width, keyint)
@@ -494,14 +497,15 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (loss, AdamW): tf32
     torch._dynamo.config.cache_size_limit = 64  # blocks share one graph; sampling and training shapes add a few
     torch._dynamo.config.automatic_dynamic_shapes = False  # a new batch size is a new static graph, not a dynamic one
-    for row in ROWS.values() if args.tiny else ():
-        row.update(dict(train=dict(size=64, frames=4, steps=2, batch=row.get("batch", 1) and 2),
-                        sample=dict(size=64, frames=4, steps=3, repeat=1), memory=dict(overrides=[
-                            "--num_frames=4", "--image_size=(64, 64)", "--scheduler.num_sampling_steps=2"]))[row["kind"]])
-    for item in args.set:
-        key, value = item.split("=", 1)
-        name, field = key.split(".")
-        ROWS[name][field] = ast.literal_eval(value)
+    if args.tiny:
+        for row in ROWS.values():
+            if row["kind"] == "memory":
+                row["overrides"] = ["--num_frames=4", "--image_size=(64, 64)", "--scheduler.num_sampling_steps=2"]
+            else:
+                row.update(size=64, frames=4, steps=2, batch=row.get("batch", 1) and 2) if row["kind"] == "train" else \
+                    row.update(size=64, frames=4, steps=3, repeat=1)
+    for key, value in (item.split("=", 1) for item in args.set):
+        ROWS[key.split(".")[0]][key.split(".")[1]] = ast.literal_eval(value)
     set_path(not args.plain)
     if args.check:
         return check(args, device)
@@ -525,10 +529,9 @@ def main():
             stages.append(memory_row(args, dict(row, name=name), device))
             log(stages[-1], flush=True)
             continue
-        train = row["kind"] == "train"
-        cached = train and not row["online"]
-        if cuda:
-            torch.cuda.empty_cache(), torch.cuda.reset_peak_memory_stats()
+        train, cached = row["kind"] == "train", row["kind"] == "train" and not row["online"]
+        torch.cuda.empty_cache()  # (a no-op without CUDA)
+        sample.peak_gib(device)  # the row's peak is its own
         t0 = time.perf_counter()
         r = None
         for ckpt in row["ckpt"] if isinstance(row.get("ckpt"), list) else [row.get("ckpt")]:
@@ -547,8 +550,8 @@ def main():
                     t5.model.to(device)
             fn = r = None  # (outside the except clause: its traceback holds the failed step's tensors)
             gc.collect()
-            if cuda:
-                torch.cuda.empty_cache(), torch.cuda.reset_peak_memory_stats()
+            torch.cuda.empty_cache()
+            sample.peak_gib(device)
         if r is None:
             lines.append(f"{NAMES[name]:<26}{'OOM':>9}  (batch {row.get('batch')})")
             continue
@@ -558,8 +561,7 @@ def main():
         if dist.is_initialized():  # the fullest GPU
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         tflops = r["flops"] * r["samples"] / 1e12
-        setting = f"b{row['batch']} ck{int(row['ckpt'])}" if row["kind"] == "train" else \
-            f"{statistics.median(r['times']):.3f} s"
+        setting = f"b{row['batch']} ck{int(row['ckpt'])}" if train else f"{statistics.median(r['times']):.3f} s"
         line = (f"{NAMES[name]:<26}{setting:>9}{r['samples']:>10.3f}{r['ntok'] * r['samples']:>11.0f}"
                 f"{tflops:>9.1f}{100 * tflops / ceiling:>6.1f}%{peak.item():>9.1f}")
         lines.append(line)

@@ -22,6 +22,7 @@ import traceback
 
 import diffusion
 import model
+import stepcache
 import text
 import toy
 import vae
@@ -46,6 +47,7 @@ DEFAULTS = dict(
     # sampling (prompt, a string or a list, comes before prompt_path as in v1.0)
     fps=8, prompt_path=None, prompt=None, save_dir="samples", ckpt=None, eval_prompts=None,
     multi_resolution=False,  # PixArtMS: the image size and aspect ratio go into the model (v1.0's key)
+    cache=None,  # sampling: reuse work across denoising steps, e.g. "pab", "teacache:0.1" (stepcache.py)
 )
 
 SECTIONS = dict(model=model.MODELS, vae=vae.VAES, text_encoder=text.TEXT_ENCODERS, scheduler=diffusion.SCHEDULERS,
@@ -238,3 +240,5 @@ def validate(cfg, command, run_dir=None):
              f"run: resume it with --load={run_dir}, or set another --outputs")
     if command == "sample":
         writable("save_dir", cfg["save_dir"])
+        need(stepcache.settings(cfg["cache"]) is None or hasattr(model.model_class(cfg["model"]), "step_cache"),
+             "cache", "caching across steps is for STDiT, PixArt and PixArtMS: use cache=None")

@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from checkpoints import load_checkpoint
 from errors import pick
+from stepcache import branch
 from layers import (CaptionEmbedder, CrossAttention, FinalLayer, LabelEmbedder, Mlp, SelfAttention, drop_path,
                     embedder_mlp, modulate, size_embedding, spatial_pos_embed, temporal_pos_embed, timestep_embedding)
 
@@ -45,6 +46,7 @@ def self_attend(attn, x, over):
 class STDiTBlock(nn.Module):
     """PixArt's block (temporal=False: self-attention over all tokens) or STDiT's (temporal=True: within each frame,
     then across the frames). Modulated by t0 plus the block's own table (adaLN-single)."""
+    step_cache = None  # while sampling with a cache: stepcache.attached() sets one (branch() reads it)
 
     def __init__(self, hidden_size, num_heads, mlp_ratio, drop_path, temporal):
         super().__init__()
@@ -57,22 +59,27 @@ class STDiTBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
         self.attn_temp = SelfAttention(hidden_size, num_heads) if temporal else None
 
+    def modulation(self, t0):
+        """t0 (B, 6C) -> shift, scale, gate of the attention, shift, scale, gate of the MLP (v1.0 order), (B, 1, 1, C)."""
+        B, C = len(t0), self.scale_shift_table.shape[1]
+        return (self.scale_shift_table[None] + t0.view(B, 6, C)).view(B, 6, 1, 1, C).unbind(1)
+
     def forward(self, x, y, t0, mask, tpe=None):
-        """x (B, T, S, C), y (B, L, C), t0 (B, 6C), mask (B, L) bool or None, tpe (1, T, C) or None -> (B, T, S, C)."""
+        """x (B, T, S, C), y (B, L, C), t0 (B, 6C), mask (B, L) bool or None, tpe (1, T, C) or None -> (B, T, S, C).
+        Each attention goes through stepcache.branch: itself, or under a cache its output of an earlier step."""
         B, T, S, C = x.shape
-        mod = (self.scale_shift_table[None] + t0.view(B, 6, C)).view(B, 6, 1, 1, C)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.unbind(1)  # v1.0 order, (B, 1, 1, C)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t0)
         h = modulate(self.norm1(x), shift_msa, scale_msa)
-        h = self_attend(self.attn, h, "space" if self.attn_temp else "all")
+        h = branch(self, "spatial", self_attend, self.attn, h, "space" if self.attn_temp else "all")
         x = x + drop_path(gate_msa * h, self.drop_path, self.training)
         if self.attn_temp:
             # temporal. v1.0: on the raw residual stream (no norm, no modulation), gated by the SPATIAL gate_msa; the
             # temporal table goes into block 0's attention input only (stdit_tiny_ref.pt). With frames split over
             # ranks, this is the attention that parallel.py wraps.
-            h = self_attend(self.attn_temp, x if tpe is None else x + tpe[:, :, None], "time")
+            h = branch(self, "temporal", self_attend, self.attn_temp, x if tpe is None else x + tpe[:, :, None], "time")
             x = x + drop_path(gate_msa * h, self.drop_path, self.training)
         # cross-attention to the caption. v1.0: raw residual stream, no norm, no gate (stdit_tiny_ref.pt)
-        x = x + self.cross_attn(x.reshape(B, T * S, C), y, mask).view(B, T, S, C)
+        x = x + branch(self, "cross", self.cross_attn, x.reshape(B, T * S, C), y, mask).view(B, T, S, C)
         h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x + drop_path(gate_mlp * h, self.drop_path, self.training)
 
@@ -182,6 +189,7 @@ class PixArt(Backbone):
     """
     temporal = False  # STDiT: the blocks attend across frames too
     multi_scale = False  # PixArtMS: size and aspect-ratio conditioning
+    step_cache = None  # while sampling with a cache: stepcache.attached() sets one
 
     def __init__(self, input_size=(1, 32, 32), in_channels=4, patch_size=(1, 2, 2), hidden_size=1152, depth=28,
                  num_heads=16, mlp_ratio=4.0, class_dropout_prob=0.1, pred_sigma=True, drop_path=0.0,
@@ -252,9 +260,14 @@ class PixArt(Backbone):
         y = self.y_embedder(y).squeeze(1)  # (B, L, C)
         # sequence parallel: this rank's T/sp frames (and their temporal table, for block 0) or, when the frames do not
         # divide, S/sp tokens of every frame; the attention across the split tokens goes through parallel.ulysses
-        x, tpe = self.split_tokens(x, tpe)  # (B, T/sp, S, C) and (1, T/sp, C), or (B, T, S/sp, C) and (1, T, C)
-        for i in range(len(self.blocks)):
+        # a step cache decides on all tokens, before the split (so every rank alike): skip the blocks (TeaCache)?
+        skip = self.step_cache is not None and self.step_cache.begin(self.blocks[0], x, t0)
+        x_in, tpe = self.split_tokens(x, tpe)  # (B, T/sp, S, C) and (1, T/sp, C), or (B, T, S/sp, C) and (1, T, C)
+        x = x_in
+        for i in range(0 if skip else len(self.blocks)):
             x = self.block(i, x, y, t0, mask, tpe if i == 0 and self.temporal else None)
+        if self.step_cache is not None:
+            x = self.step_cache.blocks_out(x_in, x, skip)
         return self.head(self.gather_tokens(x), t, grid)
 
     def check_caption(self, x, y, mask, data_info):

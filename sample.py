@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 import parallel
+import stepcache
 from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights
 from config import DEFAULTS, load_config, validate
 from diffusion import build_scheduler
@@ -97,6 +98,7 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     sample, decode and write nothing (the other ranks of a sequence-parallel group)."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
+    steps = getattr(scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None))  # model calls a video
     text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
     latent_size = vae.get_latent_size((cfg["num_frames"], *cfg["image_size"]))
     extra = dict(data_info=PixArtMS.data_info(cfg["image_size"], device, dtype)) if cfg["multi_resolution"] else {}
@@ -112,8 +114,8 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
         gc.collect()
         torch.cuda.empty_cache() if device.type == "cuda" else None
     stats["text_encoder_peak_gib"] = peak_gib(device)  # (after freeing T5: the next stage's count starts without it)
-    about = dict(sampler=sched_cfg["type"], cfg_scale=scheduler.cfg_scale, num_sampling_steps=getattr(
-        scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None)), num_frames=cfg["num_frames"],
+    about = dict(sampler=sched_cfg["type"], cfg_scale=scheduler.cfg_scale, num_sampling_steps=steps,
+        cache=stepcache.settings(cfg["cache"]), num_frames=cfg["num_frames"],
         image_size=list(cfg["image_size"]), fps=cfg["fps"], dtype=str(dtype).removeprefix("torch."),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         videos_in_run=len(prompts))
@@ -122,8 +124,9 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
         t0 = clock(device)
         generators = [torch.Generator(device).manual_seed(s) for s in seeds[b]]
         enc = {k: v.to(device) for k, v in enc.items()}
-        latents = scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device, extra,
-                                   progress=progress, generators=generators, encoded=enc)
+        with stepcache.attached(model, cfg["cache"], steps):  # None: the exact path
+            latents = scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device,
+                                       extra, progress=progress, generators=generators, encoded=enc)
         stats["diffusion_s"] += clock(device) - t0
         stats["diffusion_peak_gib"] = peak_gib(device, stats.get("diffusion_peak_gib"))
         for prompt, seed, z in zip(prompts[b], seeds[b], latents if write else []):  # decoded one video at a time
@@ -192,6 +195,7 @@ FLAGS = {  # our name: (v1.0's spelling, type, help); every flag also takes '-' 
     "num_sampling_steps": ("num-sampling-steps", int, "the sampler's steps"),
     "cfg_scale": ("cfg-scale", float, "classifier-free guidance scale"),
     "sp_size": (None, int, "under torchrun: processes that sample each video together (Ulysses)"),
+    "cache": (None, str, "reuse work across steps: pab, teacache:0.1, pab:spatial=3 (docs/sampling-cache.md)"),
     "from_json": (None, str, "a sidecar: sample its video again")}
 
 
@@ -236,7 +240,7 @@ def read_sidecar(args, overrides):
                          "cfg_scale") if getattr(args, k) not in (None, [])]
     if overrides or given:
         raise BadInput(f"--from_json takes the config, prompt, seed, sampler and weights from the file, not "
-                       f"{(overrides or given)[0]}: beside it give only --save_dir, --overwrite or --sp_size")
+                       f"{(overrides or given)[0]}: beside it give only --save_dir, --overwrite, --sp_size or --cache")
     try:  # its config as a config file's (keys, types, shapes: validate), its own folders never used
         with open(args.from_json) as f:
             side = json.load(f)
@@ -276,7 +280,7 @@ def configure(args, overrides):
     if sched == "sample_scheduler" and any(o.startswith(("--scheduler.", "--scheduler=")) for o in overrides):
         raise BadInput(f"{where} samples with sample_scheduler (type {cfg['sample_scheduler'].get('type')!r}), "
                        "not scheduler: override --sample_scheduler.KEY=VALUE instead")
-    cfg.update({k: getattr(args, k) for k in ("ckpt", "save_dir", "seed", "batch_size", "sp_size")
+    cfg.update({k: getattr(args, k) for k in ("ckpt", "save_dir", "seed", "batch_size", "sp_size", "cache")
                 if getattr(args, k) is not None})
     flags = {k: getattr(args, k) for k in ("num_sampling_steps", "cfg_scale") if getattr(args, k) is not None}
     cfg[sched] = dict(cfg[sched], **flags) if flags and isinstance(cfg[sched], dict) else cfg[sched]

@@ -1491,6 +1491,94 @@ def test_samplers_pass_model_kwargs_and_additional_args():
         assert got and all(g == (True, 7) for g in got), got
 
 
+# ============================================================================= stepcache.py: caching across denoising steps (PAB, TeaCache)
+import stepcache  # noqa: E402
+
+CACHE_ERR = {"pab": 0.1, "teacache:0.1": 0.02}  # each preset's stated error on this model (measured 0.05, 0.003): relative
+
+
+@pytest.fixture(scope="module")
+def toy_trained():
+    """A tiny STDiT trained 30 steps on toy clips (4 colours x 4 directions, 4 frames of 8x8, pixel space), and a
+    text encoder of fixed random captions: smooth across steps as a trained model is, unlike random weights."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: 20x faster on one thread than on two shared cores
+    model = STDiT(input_size=(4, 8, 8), in_channels=3, depth=2, hidden_size=32, num_heads=2, caption_channels=16,
+                  model_max_length=4)
+    prompts = [f"a {c} circle moving {d}" for c in toy.COLOURS for d in toy.DIRECTIONS]
+    captions = torch.randn(len(prompts), 1, 4, 16)
+    rng = np.random.default_rng(0)
+    clips = torch.stack([torch.from_numpy(toy.shape_clip(p.split()[1], "circle", p.split()[-1], rng, 4, 8))
+                         for p in prompts]).permute(0, 4, 1, 2, 3).float() / 64 - 2  # (16, 3, 4, 8, 8), ~unit scale
+    opt, iddpm = torch.optim.Adam(model.parameters(), lr=3e-3), IDDPM(timestep_respacing="")
+    for _ in range(30):
+        t = torch.randint(0, 1000, (16,))
+        loss = iddpm.training_losses(model, clips, t, dict(y=captions, mask=torch.ones(16, 4)))["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+
+    class Text:
+        def encode(self, ps):
+            return dict(y=captions[[prompts.index(p) for p in ps]], mask=torch.ones(len(ps), 4, dtype=torch.long))
+
+        def null(self, n):
+            return model.y_embedder.y_embedding[None].repeat(n, 1, 1)[:, None]
+
+    return model.eval(), Text(), prompts[::4]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cached_sample(model, text_encoder, prompts, sampler, steps, spec):
+    with torch.no_grad(), stepcache.attached(model, spec, steps) as state:
+        z = build_scheduler(dict(type=sampler, num_sampling_steps=steps, cfg_scale=4.0)).sample(
+            model, text_encoder, (3, 4, 8, 8), prompts, "cpu", progress=False,
+            generators=[torch.Generator().manual_seed(k) for k in range(len(prompts))])
+    return z, state
+
+
+@pytest.mark.parametrize("sampler,steps", [("dpm-solver", 10), ("iddpm", 20)])
+def test_stepcache_off_is_exact_and_presets_within_stated_error(toy_trained, sampler, steps, one_thread):
+    model, text_encoder, prompts = toy_trained
+    with torch.no_grad():  # the path before any cache existed: the scheduler on the bare model
+        torch.manual_seed(0)
+        before = build_scheduler(dict(type=sampler, num_sampling_steps=steps, cfg_scale=4.0)).sample(
+            model, text_encoder, (3, 4, 8, 8), prompts, "cpu", progress=False,
+            generators=[torch.Generator().manual_seed(k) for k in range(len(prompts))])
+    # None, and caches whose every hook runs but never reuses (an empty window, a threshold of 0): the same bits
+    for spec in (None, "pab:start=0.5,end=0.5", "teacache:0"):
+        exact, state = cached_sample(model, text_encoder, prompts, sampler, steps, spec)
+        assert torch.equal(exact, before), spec
+        assert state is None or state.step == steps - 1  # one model call a step, counted
+    for spec, bound in CACHE_ERR.items():
+        z, state = cached_sample(model, text_encoder, prompts, sampler, steps, spec)
+        err = rel(z, exact)
+        assert state.reused and 0 < err <= bound, (spec, err, state.reused)
+
+
+def test_stepcache_settings_and_bad_input(tmp_path):
+    assert stepcache.settings("teacache:0.2") == dict(type="teacache", threshold=0.2)
+    assert stepcache.settings("pab:spatial=3,end=0.9") == dict(stepcache.PRESETS["pab"], spatial=3, end=0.9)
+    assert stepcache.settings(dict(type="pab", cross=8))["cross"] == 8 and stepcache.settings("None") is None
+    for bad in ("pac", "pab:spatial=0", "pab:spatial=2.5", "pab:start=0.9,end=0.1", "teacache:-1", "pab:sptial=3",
+                "teacache:x", {"spatial": 2}):
+        bad_input(stepcache.settings, bad)
+    cfg = load_config(str(ROOT / "configs/dit/inference/1x256x256-class.py"), ["--cache=pab", f"--ckpt={tmp_path}/w.pt",
+                                                                                    f"--save_dir={tmp_path}"])
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(BadInput, match="cache"):
+        validate(cfg, "sample")
+
+
 # ============================================================================= video.py: mp4 in and out, the seeking decoder
 def test_write_read_video(tmp_path):
     frames = np.random.default_rng(0).integers(0, 256, (5, 12, 20, 3), dtype=np.uint8)
