@@ -209,12 +209,11 @@ def validate(cfg, command, run_dir=None):
              f"patch_size {tuple(patch)}: pick multiples of {step}")
     ratios, frames = cfg["mask_ratios"], cfg["num_frames"] // down[0]
     if command == "train" and ratios is not None:  # v1.1's frame masks: the same mask to the model and the loss
-        quarter = isinstance(ratios, dict) and any(r > 0 and "image" not in k and k != "mask_no" for k, r in ratios.items())
         need(isinstance(ratios, dict) and set(ratios) <= set(MASK_TYPES) and all(number(r) and 0 <= r <= 1 for r in
              ratios.values()) and abs(sum(ratios.values()) - 1) < 1e-6 and patch[0] == 1 and cfg["sp_size"] == 1 and
-             "x_mask" in inspect.signature(model.model_class(cfg["model"]).forward).parameters and frames >= 2 + 2 *
-             quarter, "mask_ratios", f"give {{type: ratio}} of {', '.join(MASK_TYPES)}, ratios in [0, 1] summing to 1, "
-             "for a model with x_mask (STDiT, PixArt), patch_size (1, p, p), sp_size=1, >= 2 latent frames (4: quarter)")
+             "x_mask" in inspect.signature(model.model_class(cfg["model"]).forward).parameters and frames >= 2,
+             "mask_ratios", f"give {{type: ratio}} of {', '.join(MASK_TYPES)}, ratios in [0, 1] summing to 1, "
+             "for a model with x_mask (STDiT, PixArt), patch_size (1, p, p), sp_size=1, >= 2 latent frames")
     if cfg["sp_size"] > 1:
         check_sequence_parallel(model.model_class(cfg["model"]), model.model_setting(cfg["model"], "num_heads"),
                                 [n // k for n, k in zip((cfg["num_frames"], *size), step)], cfg["sp_size"])

@@ -44,16 +44,16 @@ def encode(batch, vae, text_encoder, device, dtype, size_args=None):
 
 def frame_masks(mask_ratios, B, T, rng):
     """v1.1's MaskGenerator: (B, T) bool, False = a condition frame. Per row one rng.random() picks a type
-    (config.MASK_TYPES) by the ratios' running sum in dict order; "quarter" types condition randint(1, T // 4) frames, "image" types one; at a
-    random place, at the head, the tail, or both. rng: a random.Random of the run's seed (draws equal v1.1's from
-    Python's random, iddpm_mask_ref.pt `mask_generator`)."""
+    (config.MASK_TYPES) by the ratios' running sum in dict order; "quarter" types condition randint(1, T // 4) frames (1 below 4 frames),
+    "image" types one; at a random place, at the head, the tail, or both (the older names: as the quarter types).
+    rng: a random.Random (its draws equal v1.1's from Python's random: iddpm_mask_ref.pt `mask_generator`)."""
     masks = torch.ones(B, T, dtype=torch.bool)
     for row in masks:
         u = rng.random()  # (no type: the ratios sum to just under 1)
         kind = next((k for k, c in zip(mask_ratios, itertools.accumulate(mask_ratios.values())) if u < c), "mask_no")
         if T <= 1 or kind == "mask_no":
             continue
-        k = 1 if "image" in kind else rng.randint(1, T // 4)
+        k = 1 if "image" in kind else rng.randint(1, max(T // 4, 1))  # (v1.1: an error below 4 frames)
         if kind.endswith("random"):
             p = rng.randint(0, T - k)
             row[p:p + k] = False
