@@ -252,12 +252,13 @@ class PixArt(Backbone):
         if not self.temporal and not self.no_temporal_pos_emb:
             x = x + tpe[:, :, None]
         # v1.1: condition frames (x_mask False) are modulated by the embedding of timestep 0 (stdit_mask_ref.pt)
-        t, t_cond = [self.t_embedder.mlp(timestep_embedding(s).to(x.dtype)) for s in (timestep, 0 * timestep)]
+        embed_t = lambda s: self.t_embedder.mlp(timestep_embedding(s).to(x.dtype))  # noqa: E731  (B,) -> (B, C)
+        t, t_cond = embed_t(timestep), None if x_mask is None else embed_t(0 * timestep)
         if self.multi_scale:  # v1.0: this t feeds t_block AND the final layer (zoo_pixartms_ref.pt)
             size = torch.cat([size_embedding(self.csize_embedder, data_info["hw"], len(x)),
                               size_embedding(self.ar_embedder, data_info["ar"], len(x))], dim=1)
-            t, t_cond = t + size, t_cond + size
-        t0, t0_cond = self.t_block(t), self.t_block(t_cond)  # (B, 6C) each, shared by all blocks
+            t, t_cond = t + size, None if x_mask is None else t_cond + size
+        t0, t0_cond = self.t_block(t), None if x_mask is None else self.t_block(t_cond)  # (B, 6C), shared by all blocks
         y = self.y_embedder(y).squeeze(1)  # (B, L, C)
         # sequence parallel: this rank's T/sp frames (and their temporal table, for block 0) or, when the frames do not
         # divide, S/sp tokens of every frame; the attention across the split tokens goes through parallel.ulysses
