@@ -48,7 +48,12 @@ DEFAULTS = dict(
     fps=8, prompt_path=None, prompt=None, save_dir="samples", ckpt=None, eval_prompts=None,
     multi_resolution=False,  # PixArtMS: the image size and aspect ratio go into the model (v1.0's key)
     cache=None,  # sampling: reuse work across denoising steps, e.g. "pab", "teacache:0.1" (stepcache.py)
+    mask_ratios=None,  # v1.1's frame masks in training: {type: ratio}, MASK_TYPES (train.frame_masks)
+    reference_path=None, mask_strategy=None, loop=1, condition_frame_length=4,  # v1.1's conditioning (sample.py)
 )
+MASK_TYPES = ("mask_no", "mask_quarter_random", "mask_quarter_head", "mask_quarter_tail", "mask_quarter_head_tail",
+              "mask_image_random", "mask_image_head", "mask_image_tail", "mask_image_head_tail",  # v1.1's nine; and
+              "mask_random", "mask_head", "mask_tail", "mask_head_tail")  # v1.1's 16x256x256-mask.py: = the quarter ones
 
 SECTIONS = dict(model=model.MODELS, vae=vae.VAES, text_encoder=text.TEXT_ENCODERS, scheduler=diffusion.SCHEDULERS,
                 sample_scheduler=diffusion.SCHEDULERS)  # a config's dicts with a `type` -> its constructors
@@ -208,6 +213,13 @@ def validate(cfg, command, run_dir=None):
     for key, n, k in zip(("num_frames", "image_size", "image_size"), (cfg["num_frames"], *size), step):
         need(n % k == 0, key, f"(T, H, W) must divide by the VAE's down-sampling {tuple(down)} times the model's "
              f"patch_size {tuple(patch)}: pick multiples of {step}")
+    ratios, frames = cfg["mask_ratios"], cfg["num_frames"] // down[0]
+    if command == "train" and ratios is not None:  # v1.1's frame masks: the same mask to the model and the loss
+        need(isinstance(ratios, dict) and set(ratios) <= set(MASK_TYPES) and all(number(r) and 0 <= r <= 1 for r in
+             ratios.values()) and abs(sum(ratios.values()) - 1) < 1e-6 and patch[0] == 1 and cfg["sp_size"] == 1 and
+             "x_mask" in inspect.signature(model.model_class(cfg["model"]).forward).parameters and frames >= 2,
+             "mask_ratios", f"give {{type: ratio}} of {', '.join(MASK_TYPES)}, ratios in [0, 1] summing to 1, "
+             "for a model with x_mask (STDiT, PixArt), patch_size (1, p, p), sp_size=1, >= 2 latent frames")
     if cfg["sp_size"] > 1:
         check_sequence_parallel(model.model_class(cfg["model"]), model.model_setting(cfg["model"], "num_heads"),
                                 [n // k for n, k in zip((cfg["num_frames"], *size), step)], cfg["sp_size"])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from errors import pick
+from errors import BadInput, pick
 
 # ---------------------------------------------------------------------------------------------------------------
 # Noise schedule and respacing (float64 numpy, as the original: a coefficient is cast to float32 per use)
@@ -60,8 +60,12 @@ def space_timesteps(num_steps, respacing):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def mean_flat(x):
-    return x.mean(dim=list(range(1, x.ndim)))
+def mean_flat(x, mask=None):
+    """x (B, C, T, ...) -> (B,); mask (B, T) bool: the mean over the True frames only (v1.1's masked loss)."""
+    if mask is None:
+        return x.mean(dim=list(range(1, x.ndim)))
+    x = x.transpose(1, 2).flatten(2) * mask[..., None]  # (B, T, C*H*W), condition frames zeroed
+    return x.sum((1, 2)) / (mask.sum(1) * x.shape[2])
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -75,13 +79,9 @@ def approx_std_normal_cdf(x):
 
 def discretized_gaussian_log_likelihood(x, mean, log_scale):
     """log P(x) for data quantised to 256 levels in [-1, 1] (DDPM's decoder); the outer bins extend to +-inf."""
-    inv_std = torch.exp(-log_scale)
-    cdf_plus = approx_std_normal_cdf(inv_std * (x - mean + 1.0 / 255.0))
-    cdf_min = approx_std_normal_cdf(inv_std * (x - mean - 1.0 / 255.0))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+    inv_std, log = torch.exp(-log_scale), lambda p: torch.log(p.clamp(min=1e-12))
+    cdf_plus, cdf_min = (approx_std_normal_cdf(inv_std * (x - mean + d)) for d in (1.0 / 255.0, -1.0 / 255.0))
+    return torch.where(x < -0.999, log(cdf_plus), torch.where(x > 0.999, log(1.0 - cdf_min), log(cdf_plus - cdf_min)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale):
 class IDDPM:
     def __init__(self, num_sampling_steps=None, timestep_respacing=None, noise_schedule="linear", use_kl=False,
                  sigma_small=False, predict_xstart=False, learn_sigma=True, rescale_learned_sigmas=False,
-                 diffusion_steps=1000, cfg_scale=4.0):
+                 diffusion_steps=1000, cfg_scale=4.0, cfg_channel=3):
         # v1.0's keywords and defaults; the variants no v1.0 config reaches are refused, never silently ignored
         for key, value, supported in [("noise_schedule", noise_schedule, "linear"), ("use_kl", use_kl, False),
                                       ("sigma_small", sigma_small, False), ("predict_xstart", predict_xstart, False),
@@ -105,17 +105,14 @@ class IDDPM:
             if timestep_respacing not in (None, ""):
                 raise ValueError("IDDPM: give num_sampling_steps or timestep_respacing, not both")
             timestep_respacing = str(num_sampling_steps)
-        self.cfg_scale = cfg_scale
+        # v1.0 guides channels 0..2 only (forward_with_cfg); v1.1's cfg_channel=None guides all C noise channels
+        self.cfg_scale, self.cfg_channel = cfg_scale, cfg_channel
         self.timestep_map = space_timesteps(diffusion_steps, timestep_respacing)  # spaced index -> original t
         self.num_timesteps = len(self.timestep_map)
 
         # The spaced process keeps alpha_bar at the kept steps: beta'_i = 1 - abar[t_i] / abar[t_{i-1}].
-        abar_full = np.cumprod(1.0 - linear_betas(diffusion_steps))
-        betas, last = [], 1.0
-        for t in self.timestep_map:
-            betas.append(1.0 - abar_full[t] / last)
-            last = abar_full[t]
-        betas = np.array(betas, dtype=np.float64)
+        kept = np.cumprod(1.0 - linear_betas(diffusion_steps))[self.timestep_map]
+        betas = 1.0 - kept / np.append(1.0, kept[:-1])
         abar = np.cumprod(1.0 - betas)
         abar_prev = np.append(1.0, abar[:-1])
         self.betas, self.alphas_cumprod = betas, abar
@@ -170,57 +167,108 @@ class IDDPM:
         sample(), whose latents are not bounded."""
         return self._p_from_output(self._model(model, x, t, model_kwargs or {}), x, t, clip_denoised)
 
-    def training_losses(self, model, x_start, t, model_kwargs=None, noise=None):
-        """dict(loss, mse, vb), each (B,). mse trains the noise; vb (bits/dim) trains only the variance."""
+    def training_losses(self, model, x_start, t, model_kwargs=None, noise=None, mask=None):
+        """dict(loss, mse, vb), each (B,). mse trains the noise; vb (bits/dim) trains only the variance. mask (B, T)
+        bool, v1.1's: False frames are conditions, noised at t = 0 with the same noise and left out of the losses
+        (train.py also hands the model mask as x_mask; iddpm_mask_ref.pt)."""
         noise = torch.randn_like(x_start) if noise is None else noise
         x_t = self.q_sample(x_start, t, noise)
+        if mask is not None:
+            x_t = torch.where(mask[:, None, :, None, None], x_t, self.q_sample(x_start, torch.zeros_like(t), noise))
         out = self._model(model, x_t, t, model_kwargs or {})
         eps = out[:, :x_t.shape[1]]
         # VB with the noise prediction DETACHED, so that the KL term only trains the variance channels
         p = self._p_from_output(torch.cat([eps.detach(), out[:, x_t.shape[1]:]], dim=1), x_t, t, clip_denoised=False)
         true_mean = self.q_posterior_mean(x_start, x_t, t)
         true_log_var = self._coef(self.posterior_log_variance_clipped, t, x_t)
-        kl = mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"])) / math.log(2.0)
-        nll = -mean_flat(discretized_gaussian_log_likelihood(x_start, p["mean"], 0.5 * p["log_variance"]))
+        kl = mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"]), mask) / math.log(2.0)
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x_start, p["mean"], 0.5 * p["log_variance"]), mask)
         nll = nll / math.log(2.0)
         vb = torch.where(t == 0, nll, kl)  # at t = 0 the decoder NLL replaces the KL
-        mse = mean_flat((noise - eps) ** 2)
+        mse = mean_flat((noise - eps) ** 2, mask)
         return dict(loss=mse + vb, mse=mse, vb=vb)
 
     @torch.no_grad()
     def p_sample_loop(self, model, shape, noise=None, clip_denoised=True, model_kwargs=None, device=None,
-                      progress=True, generators=None):
+                      progress=True, generators=None, mask=None):
         """Ancestral sampling from x_T = noise (or a fresh randn) down to x_0; returns x_0 of `shape`. generators:
-        the step noise of each prompt from its own (randn below)."""
-        if device is None:
-            device = noise.device if noise is not None else "cpu"
+        the step noise of each prompt from its own (randn below). mask (b, T) float, b dividing B, v1.1's frame mask
+        (1 generate, 0 condition, in between: an edit ratio): frame values of noise are held while the step index
+        is above int(mask * steps), re-noised at it, generated below it (iddpm_mask_ref.pt `sampling`)."""
+        device = device or (noise.device if noise is not None else "cpu")
         x = noise if noise is not None else randn(shape, device, generators)
         for i in tqdm(range(self.num_timesteps)[::-1], disable=not progress):
             t = torch.tensor([i] * shape[0], device=device)  # (B,) int64
+            if mask is not None:  # v1.1: one more draw per step, before the step's own (and float32 mask * N, cut)
+                mask_t = (mask.repeat(shape[0] // len(mask), 1) * self.num_timesteps).int()[:, None, :, None, None]
+                x0, x = x, torch.where(mask_t == i, self.q_sample(x, t, randn(x.shape, x.device, generators)), x)
+                model_kwargs = dict(model_kwargs, x_mask=(mask_t > i)[:, 0, :, 0, 0])  # the re-noised: conditions
             p = self.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
             # Quirk kept: exactly one randn per step from the global generator (or each prompt's), also at i = 0
             # where it is unused, so a seed reproduces the original's samples (iddpm_ref.pt `sample`).
             step_noise = randn(x.shape, x.device, generators)
             nonzero = (t != 0).float().view(-1, *[1] * (x.ndim - 1))
             x = p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * step_noise
+            x = x if mask is None else torch.where(mask_t < i, x0, x)  # frames still held
         return x
 
     def sample(self, model, text_encoder, z_size, prompts, device, additional_args=None, progress=True,
-               generators=None, encoded=None):
+               generators=None, encoded=None, z=None, mask=None):
         """Text-to-video latents (n, C, T, H, W) with classifier-free guidance at self.cfg_scale. encoded: the text
         encoder's output for `prompts` if already computed (sample.py encodes first, then frees T5); generators: one
-        per prompt (randn below), else the global generator as v1.0."""
+        per prompt (randn below), else the global generator as v1.0. z: the initial noise (n, C, T, H, W), else drawn
+        here; mask (n, T): v1.1's frame mask (p_sample_loop), its condition frames' values written into z."""
         n = len(prompts)
-        z = randn((n, *z_size), device, generators)  # the first draw after the caller's seed
+        z = randn((n, *z_size), device, generators) if z is None else z  # the first draw after the caller's seed
         z = torch.cat([z, z], 0)  # (2n, ...): cond rows, then uncond rows
         model_args = dict(encoded or text_encoder.encode(prompts))  # dict(y=(n, 1, L, C), mask=(n, L))
         model_args["y"] = torch.cat([model_args["y"], text_encoder.null(n)], 0)  # cond FIRST (DPM-Solver: uncond first)
         # The mask stays n rows: the model tiles it, so the null caption is masked with the prompt's mask too.
         model_args.update(additional_args or {})
-        forward = partial(forward_with_cfg, model, cfg_scale=self.cfg_scale)
+        forward = partial(forward_with_cfg, model, cfg_scale=self.cfg_scale, cfg_channel=self.cfg_channel)
         samples = self.p_sample_loop(forward, z.shape, z, clip_denoised=False, model_kwargs=model_args,
-                                     device=device, progress=progress, generators=generators)
+                                     device=device, progress=progress, generators=generators, mask=mask)
         return samples[:n]
+
+
+def parse_mask_strategy(text, num_refs=None, num_frames=None):
+    """v1.1's mask strategy of one prompt: ';'-separated entries 'loop,ref_id,ref_start,target_start,length,edit_ratio'
+    whose missing trailing fields are 0,0,0,1,0 ("0": loop 0, reference 0's frame 0 as frame 0) -> a list of tuples.
+    With num_refs / num_frames (latent): a ref_id without a reference or frames outside the clip are BadInput."""
+    entries = []
+    for part in text.split(";") if text else []:
+        fields = part.split(",")
+        fields += "0,0,0,1,0".split(",")[len(fields) - 1:]  # v1.1's defaults of the missing trailing fields
+        try:
+            loop, ref_id, rs, ts, length, edit = *map(int, fields[:5]), float(fields[5])
+            T = num_frames or abs(ts) + length  # (no clip size given: any target)
+            ok = len(fields) == 6 and 0 <= edit <= 1 and length >= 1 and -T <= ts < T and ts % T + length <= T
+        except ValueError:
+            ok = False
+        if not ok or num_refs is not None and not 0 <= ref_id < num_refs:
+            raise BadInput(f"mask strategy {part!r}: give loop,ref_id,ref_start,target_start,length,edit_ratio (ints, "
+                           f"the edit ratio in [0, 1]), a ref_id of the {num_refs} reference(s) and frames within the "
+                           f"{num_frames} latent frames")
+        entries.append((loop, ref_id, rs, ts, length, edit))
+    return entries
+
+
+def apply_mask_strategy(z, refs, strategies, loop_i=0):
+    """v1.1's inference-long.py: z (n, C, T, H, W), refs[i] row i's reference latents (C, T_ref, H, W), strategies[i]
+    its strategy string or None. Writes the entries of loop loop_i into z (negative starts count from the end) and
+    returns the frame mask (n, T) float32: 1 generate, 0 condition, in between an edit ratio."""
+    masks = torch.ones(z.shape[0], z.shape[2], device=z.device)
+    for i, strategy in enumerate(strategies):
+        for loop, ref_id, rs, ts, length, edit in parse_mask_strategy(strategy, num_frames=z.shape[2]):
+            if loop != loop_i:
+                continue
+            T_ref = refs[i][ref_id].shape[1] if 0 <= ref_id < len(refs[i]) else 0
+            rs, ts = rs + T_ref * (rs < 0), ts + z.shape[2] * (ts < 0)
+            if not 0 <= rs <= rs + length <= T_ref:
+                raise BadInput(f"mask strategy {strategy!r}: reference {ref_id} of prompt {i} is missing or shorter "
+                               f"than frames {rs}..{rs + length - 1}")
+            z[i, :, ts:ts + length], masks[i, ts:ts + length] = refs[i][ref_id][:, rs:rs + length], edit
+    return masks
 
 
 def randn(shape, device, generators=None):
@@ -234,14 +282,15 @@ def randn(shape, device, generators=None):
     return torch.stack(rows, 1).reshape(shape)  # (copies, n, ...) -> row c * n + i
 
 
-def forward_with_cfg(model, x, timestep, y, cfg_scale, **kwargs):
+def forward_with_cfg(model, x, timestep, y, cfg_scale, cfg_channel=3, **kwargs):
     """Classifier-free guidance in one model call: x (2n, ...) whose first half is used twice, y = [cond; uncond]."""
     half = x[:len(x) // 2]
     out = model(torch.cat([half, half], 0), timestep, y, **kwargs)  # (2n, 2C, T, H, W)
     # Quirk kept: only output CHANNELS 0..2 are guided, a hard-coded [:, :3] from DiT's RGB default. With 4 latent
     # channels the 4th noise channel and all variance channels pass through unguided, each half keeping its own
-    # rows (iddpm_ref.pt `cfg`, stdit_pipeline_ref.pt `iddpm`).
-    eps, rest = out[:, :3], out[:, 3:]
+    # rows (iddpm_ref.pt `cfg`, stdit_pipeline_ref.pt `iddpm`). v1.1: cfg_channel, None = all C noise channels.
+    cfg_channel = out.shape[1] // 2 if cfg_channel is None else cfg_channel
+    eps, rest = out[:, :cfg_channel], out[:, cfg_channel:]
     cond, uncond = eps.split(len(eps) // 2, dim=0)
     guided = uncond + cfg_scale * (cond - uncond)
     return torch.cat([torch.cat([guided, guided], 0), rest], dim=1)
@@ -332,18 +381,25 @@ class DPMSolver:
         self.cfg_scale = cfg_scale
 
     def sample(self, model, text_encoder, z_size, prompts, device, additional_args=None, progress=True,
-               generators=None, encoded=None):  # as IDDPM.sample
+               generators=None, encoded=None, z=None, mask=None):  # as IDDPM.sample
         n = len(prompts)
-        z = randn((n, *z_size), device, generators)  # the first draw after the caller's seed
+        z = randn((n, *z_size), device, generators) if z is None else z  # the first draw after the caller's seed
+        if mask is not None and ((mask > 0) & (mask < 1)).any():
+            raise BadInput("dpm-solver: edit ratios (0 < edit_ratio < 1) need the iddpm sampler; conditions (0) work")
+        keep = None if mask is None else (mask == 0)[:, None, :, None, None]  # (n, 1, T, 1, 1)
         model_args = dict(encoded or text_encoder.encode(prompts))  # y=(n, 1, L, C), mask=(n, L): the model tiles it
         y = model_args.pop("y")
         model_args.update(additional_args or {})
 
         def noise_model(x, t, y, **kwargs):  # (B, 2C, ...) -> the first C channels: the noise
+            if keep is not None:  # our addition (v1.1 has no masked DPM-Solver): conditions reset, seen as such
+                k = keep.repeat(len(x) // n, 1, 1, 1, 1)
+                x, kwargs = torch.where(k, z.repeat(len(x) // n, 1, 1, 1, 1), x), dict(kwargs, x_mask=~k[:, 0, :, 0, 0])
             return model(x, t, y, **kwargs).chunk(2, dim=1)[0]
 
-        return dpm_solver_sample(noise_model, z, y, text_encoder.null(n), self.cfg_scale, self.num_sampling_steps,
-                                 order=2, model_kwargs=model_args, progress=progress)
+        x = dpm_solver_sample(noise_model, z, y, text_encoder.null(n), self.cfg_scale, self.num_sampling_steps,
+                              order=2, model_kwargs=model_args, progress=progress)
+        return x if keep is None else torch.where(keep, z, x)
 
 
 # ---------------------------------------------------------------------------------------------------------------

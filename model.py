@@ -64,11 +64,16 @@ class STDiTBlock(nn.Module):
         B, C = len(t0), self.scale_shift_table.shape[1]
         return (self.scale_shift_table[None] + t0.view(B, 6, C)).view(B, 6, 1, 1, C).unbind(1)
 
-    def forward(self, x, y, t0, mask, tpe=None):
-        """x (B, T, S, C), y (B, L, C), t0 (B, 6C), mask (B, L) bool or None, tpe (1, T, C) or None -> (B, T, S, C).
+    def forward(self, x, y, t0, mask, tpe=None, x_mask=None, t0_cond=None):
+        """x (B, T, S, C), y (B, L, C), t0 (B, 6C), mask (B, L) bool or None, tpe (1, T, C) or None, x_mask (B, T) bool
+        (False: a condition frame, modulated by t0_cond (B, 6C) instead) or None -> (B, T, S, C).
         Each attention goes through stepcache.branch: itself, or under a cache its output of an earlier step."""
         B, T, S, C = x.shape
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t0)
+        mod = self.modulation(t0)
+        gate_temp = mod[2]  # v1.1: the temporal branch keeps the t gate on condition frames too (stdit_mask_ref.pt)
+        if x_mask is not None:  # v1.1: each of the six chosen per frame, t or t0_cond: (B, T, 1, C)
+            mod = [torch.where(x_mask.view(B, T, 1, 1), a, b) for a, b in zip(mod, self.modulation(t0_cond))]
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod  # (B, 1|T, 1, C)
         h = modulate(self.norm1(x), shift_msa, scale_msa)
         h = branch(self, "spatial", self_attend, self.attn, h, "space" if self.attn_temp else "all")
         x = x + drop_path(gate_msa * h, self.drop_path, self.training)
@@ -77,7 +82,7 @@ class STDiTBlock(nn.Module):
             # temporal table goes into block 0's attention input only (stdit_tiny_ref.pt). With frames split over
             # ranks, this is the attention that parallel.py wraps.
             h = branch(self, "temporal", self_attend, self.attn_temp, x if tpe is None else x + tpe[:, :, None], "time")
-            x = x + drop_path(gate_msa * h, self.drop_path, self.training)
+            x = x + drop_path(gate_temp * h, self.drop_path, self.training)
         # cross-attention to the caption. v1.0: raw residual stream, no norm, no gate (stdit_tiny_ref.pt)
         x = x + branch(self, "cross", self.cross_attn, x.reshape(B, T * S, C), y, mask).view(B, T, S, C)
         h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -166,10 +171,11 @@ class Backbone(nn.Module):
             return checkpoint(self.blocks[i], *args, use_reentrant=False)
         return self.blocks[i](*args)
 
-    def head(self, x, t, grid):
+    def head(self, x, t, grid, x_mask=None, t_cond=None):
         """Final layer and unpatchify: (B, T', S, C) -> (B, C_out, T, H, W) float32. v1.0: the channel is the innermost
-        feature of a patch (stdit_tiny_ref.pt)."""
-        x = self.final_layer(x.flatten(1, 2), t)  # (B, N, prod(patch) * C_out)
+        feature of a patch (stdit_tiny_ref.pt). x_mask (B, T'): False frames take t_cond's modulation."""
+        x_mask = None if x_mask is None else x_mask.repeat_interleave(x.shape[2], 1)[..., None]  # (B, N, 1)
+        x = self.final_layer(x.flatten(1, 2), t, x_mask, t_cond)  # (B, N, prod(patch) * C_out)
         (T, H, W), (pt, ph, pw), c = grid, self.patch_size, self.out_channels
         x = x.view(x.shape[0], T, H, W, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(x.shape[0], c, T * pt, H * ph, W * pw).float()
@@ -234,10 +240,11 @@ class PixArt(Backbone):
             if (freeze == "not_temporal" and "attn_temp" not in name) or (freeze == "text" and "cross_attn" in name):
                 p.requires_grad = False
 
-    def forward(self, x, timestep, y, mask=None, data_info=None):
+    def forward(self, x, timestep, y, mask=None, data_info=None, x_mask=None):
         """x (B, C_in, T, H, W), timestep (B,) float or int, y (B, 1, L, caption_channels), mask (B, L) or (B, 1, 1, L)
         or (b, L) with b dividing B (tiled: the guidance samplers pass one mask for cond and uncond rows), data_info
-        (PixArtMS only) dict(hw=(b, 2) height and width in pixels, ar=(b, 1) height / width) -> (B, C_out, T, H, W)."""
+        (PixArtMS only) dict(hw=(b, 2) height and width in pixels, ar=(b, 1) height / width), x_mask (B, T') bool over
+        the model's frames, False = a given (condition) frame, as v1.1 (None: v1.0's forward) -> (B, C_out, T, H, W)."""
         grid, mask = self.check_x(x, timestep), self.check_caption(x, y, mask, data_info)
         # v1.0 casts the timestep to the model dtype too (bf16 rounds 911 to 912); int64 -> float gives the float
         # result (stdit_pipeline_ref.pt out_long_timestep)
@@ -252,11 +259,14 @@ class PixArt(Backbone):
         x = self.embed(x) + pos  # (B, T, S, C)
         if not self.temporal and not self.no_temporal_pos_emb:
             x = x + tpe[:, :, None]
-        t = self.t_embedder.mlp(timestep_embedding(timestep).to(x.dtype))  # (B, C)
+        # v1.1: condition frames (x_mask False) are modulated by the embedding of timestep 0 (stdit_mask_ref.pt)
+        embed_t = lambda s: self.t_embedder.mlp(timestep_embedding(s).to(x.dtype))  # noqa: E731  (B,) -> (B, C)
+        t, t_cond = embed_t(timestep), None if x_mask is None else embed_t(0 * timestep)
         if self.multi_scale:  # v1.0: this t feeds t_block AND the final layer (zoo_pixartms_ref.pt)
-            t = t + torch.cat([size_embedding(self.csize_embedder, data_info["hw"], len(x)),
-                               size_embedding(self.ar_embedder, data_info["ar"], len(x))], dim=1)
-        t0 = self.t_block(t)  # (B, 6C), shared by all blocks
+            size = torch.cat([size_embedding(self.csize_embedder, data_info["hw"], len(x)),
+                              size_embedding(self.ar_embedder, data_info["ar"], len(x))], dim=1)
+            t, t_cond = t + size, None if x_mask is None else t_cond + size
+        t0, t0_cond = self.t_block(t), None if x_mask is None else self.t_block(t_cond)  # (B, 6C), shared by all blocks
         y = self.y_embedder(y).squeeze(1)  # (B, L, C)
         # sequence parallel: this rank's T/sp frames (and their temporal table, for block 0) or, when the frames do not
         # divide, S/sp tokens of every frame; the attention across the split tokens goes through parallel.ulysses
@@ -265,10 +275,10 @@ class PixArt(Backbone):
         x_in, tpe = self.split_tokens(x, tpe)  # (B, T/sp, S, C) and (1, T/sp, C), or (B, T, S/sp, C) and (1, T, C)
         x = x_in
         for i in range(0 if skip else len(self.blocks)):
-            x = self.block(i, x, y, t0, mask, tpe if i == 0 and self.temporal else None)
+            x = self.block(i, x, y, t0, mask, tpe if i == 0 and self.temporal else None, x_mask, t0_cond)
         if self.step_cache is not None:
             x = self.step_cache.blocks_out(x_in, x, skip)
-        return self.head(self.gather_tokens(x), t, grid)
+        return self.head(self.gather_tokens(x), t, grid, x_mask, t_cond)
 
     def check_caption(self, x, y, mask, data_info):
         """Clear errors for bad captions; returns the caption mask as (B, L) bool, or None."""

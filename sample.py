@@ -40,12 +40,12 @@ import parallel
 import stepcache
 from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights
 from config import DEFAULTS, load_config, validate
-from diffusion import build_scheduler
+from diffusion import apply_mask_strategy, build_scheduler, parse_mask_strategy, randn
 from errors import BadInput, one_line_errors, run_dtype, sweep, write_atomic
 from model import PixArtMS, build_model
 from text import build_text_encoder
-from vae import build_vae
-from video import write_video
+from vae import VAES, build_vae
+from video import read_video, resize_crop, write_video
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -90,12 +90,13 @@ def place_text_encoder(text_encoder, device, log=print):
 
 @torch.no_grad()
 def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dtype, meta=None, write=True,
-             free_text_encoder=False, progress=True, overwrite=False):
+             free_text_encoder=False, progress=True, overwrite=False, conditions=None):
     """Sample prompts[k] from seeds[k] in batches of cfg["batch_size"]; write mp4s (PNGs for one frame) and their JSON
     sidecars; return the paths. Every prompt through the text encoder (then, if free_text_encoder, T5 is dropped to
     make room; "cpu": moved there), then batch by batch the diffusion model, and the VAE one video at a time, each
     saved at once. An existing file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False:
-    sample, decode and write nothing (the other ranks of a sequence-parallel group)."""
+    sample, decode and write nothing (the other ranks of a sequence-parallel group). conditions: per prompt (reference paths, mask strategy),
+    read_conditions."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
     steps = getattr(scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None))  # model calls a video
@@ -124,17 +125,19 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
         t0 = clock(device)
         generators = [torch.Generator(device).manual_seed(s) for s in seeds[b]]
         enc = {k: v.to(device) for k, v in enc.items()}
-        with stepcache.attached(model, cfg["cache"], steps):  # None: the exact path
-            latents = scheduler.sample(model, text_encoder, (vae.out_channels, *latent_size), prompts[b], device,
-                                       extra, progress=progress, generators=generators, encoded=enc)
+        latents = sample_batch(cfg, scheduler, steps, model, vae, text_encoder, (vae.out_channels, *latent_size),
+                               prompts[b], conditions and conditions[b], device, dtype, extra, generators, enc, progress)
         stats["diffusion_s"] += clock(device) - t0
         stats["diffusion_peak_gib"] = peak_gib(device, stats.get("diffusion_peak_gib"))
-        for prompt, seed, z in zip(prompts[b], seeds[b], latents if write else []):  # decoded one video at a time
+        for k, (prompt, seed, z) in enumerate(zip(prompts[b], seeds[b], latents if write else [])):  # one at a time
             t0 = clock(device)
             video = vae.decode(z[None].to(dtype)).float().clamp(-1, 1)[0]  # (3, T, H, W)
             stats["vae_s"] += clock(device) - t0
             stats["vae_peak_gib"] = peak_gib(device, stats.get("vae_peak_gib"))
-            side = dict(prompt=prompt, seed=seed, **about, **{k: round(v, 3) if isinstance(v, float) else v
+            refs = conditions and conditions[b][k]
+            refs = dict(reference_path=";".join(refs[0]), references_sha256=[sha256(p) for p in refs[0]],
+                        mask_strategy=refs[1]) if refs else {}
+            side = dict(**refs, prompt=prompt, seed=seed, **about, **{k: round(v, 3) if isinstance(v, float) else v
                         for k, v in stats.items()}, **(meta or {}), config=cfg, versions=versions())
             paths.append(save(video, side, save_dir, paths, overwrite))
     return paths
@@ -151,6 +154,53 @@ def save(video, side, save_dir, taken, overwrite):
     write_video(path, video, side["fps"])
     write_json(os.path.splitext(path)[0] + ".json", side)
     return path
+
+
+def read_conditions(cfg, prompts):
+    """v1.1's image/video conditioning, checked before any model loads: reference_path and mask_strategy hold one
+    entry per prompt (None or '' for none); -> per prompt ([reference paths], strategy), or None if nothing is given."""
+    if not cfg["reference_path"] and not cfg["mask_strategy"] and cfg["loop"] == 1:
+        return None
+    paths, strategies = (list(cfg[k] or [None] * len(prompts)) for k in ("reference_path", "mask_strategy"))
+    frames = cfg["num_frames"] // VAES[cfg["vae"]["type"]].down_sampling(cfg["vae"].get("config"))[0]
+    if len(paths) != len(prompts) or len(strategies) != len(prompts) or type(cfg["loop"]) is not int or cfg["loop"] < 1 \
+            or cfg["loop"] > 1 and not 0 < cfg["condition_frame_length"] < frames:
+        raise BadInput(f"give --reference-path and --mask-strategy once per prompt ({len(prompts)}; '' for none), "
+                       f"--loop >= 1 and --condition-frame-length in 1..{frames - 1} (latent frames)")
+    paths = [[p for p in (path or "").split(";") if p] for path in paths]
+    missing = [p for path in paths for p in path if not os.path.isfile(p)]
+    if missing:
+        raise BadInput(f"--reference-path {missing[0]}: no such file (an image or a video)")
+    for path, strategy in zip(paths, strategies):
+        parse_mask_strategy(strategy, len(path) + cfg["loop"] - 1, frames)  # a bad one: one line, now
+    return [(path, strategy or None) for path, strategy in zip(paths, strategies)]
+
+
+def encode_references(paths, cfg, vae, device, dtype):
+    """Images or videos -> latents (C, T_ref, h, w), every frame resized and cropped to image_size (v1.1)."""
+    return [vae.encode((resize_crop(torch.from_numpy(read_video(p)).permute(0, 3, 1, 2), cfg["image_size"]).float()
+                        / 127.5 - 1).permute(1, 0, 2, 3)[None].to(device, dtype))[0] for p in paths]
+
+
+def sample_batch(cfg, scheduler, steps, model, vae, text_encoder, z_size, prompts, conditions, device, dtype, extra,
+                 generators, encoded, progress):
+    """Latents (n, C, T, h, w) of a batch: from text, or as v1.1's mask strategy says, each prompt's references read,
+    resized and cropped to image_size and VAE-encoded; with cfg["loop"] > 1 every loop after the first conditioned on
+    the last condition_frame_length latent frames of the one before (v1.1 decodes and re-encodes them; we pass the
+    latents), the video being the first loop and the new frames of the others."""
+    conditions = conditions or [([], None)] * len(prompts)
+    refs = [encode_references(paths, cfg, vae, device, dtype) for paths, _ in conditions]
+    strategies, clips, keep = [s for _, s in conditions], [], cfg["condition_frame_length"]
+    for loop in range(cfg["loop"]):
+        for i in range(len(prompts) if loop else 0):  # v1.1: the loop before's end as a new reference, its first frames
+            refs[i].append(clips[-1][i])
+            strategies[i] = ";".join(filter(None, [strategies[i], f"{loop},{len(refs[i]) - 1},-{keep},0,{keep}"]))
+        z = randn((len(prompts), *z_size), device, generators)  # no strategy: text-to-video (v1.1: a mask of ones)
+        mask = apply_mask_strategy(z, refs, strategies, loop) if any(strategies) else None
+        with stepcache.attached(model, cfg["cache"], steps):  # None: the exact path
+            clips.append(scheduler.sample(model, text_encoder, z_size, prompts, device, extra, progress=progress,
+                                          generators=generators, encoded=encoded, z=z, mask=mask))
+    return torch.cat([clips[0]] + [c[:, :, keep:] for c in clips[1:]], dim=2)
 
 
 def versions():
@@ -196,6 +246,10 @@ FLAGS = {  # our name: (v1.0's spelling, type, help); every flag also takes '-' 
     "cfg_scale": ("cfg-scale", float, "classifier-free guidance scale"),
     "sp_size": (None, int, "under torchrun: processes that sample each video together (Ulysses)"),
     "cache": (None, str, "reuse work across steps: pab, teacache:0.1, pab:spatial=3 (docs/sampling-cache.md)"),
+    "reference_path": ("reference-path", str, "per prompt: images/videos to condition on, ';' between them"),
+    "mask_strategy": ("mask-strategy", str, "per prompt: v1.1's loop,ref_id,ref_start,target_start,length,edit_ratio"),
+    "loop": (None, int, "long videos: loops, each conditioned on the loop before"),
+    "condition_frame_length": ("condition-frame-length", int, "--loop: the latent frames passed on"),
     "from_json": (None, str, "a sidecar: sample its video again")}
 
 
@@ -210,8 +264,8 @@ def parse_args(argv):
     for key, (v1, kind, what) in FLAGS.items():
         spellings = sorted({f"--{key}", f"--{key.replace('_', '-')}"} | ({f"--{v1}"} if v1 else set()))
         names |= set(spellings)
-        parser.add_argument(*spellings, dest=key, type=kind, help=what,
-                            action="append" if key == "prompt" else "store")
+        parser.add_argument(*spellings, dest=key, type=kind, help=what, action="append" if key == "prompt" else "store",
+                            nargs="+" if key in ("reference_path", "mask_strategy") else None)  # (one per prompt)
     parser.add_argument("--overwrite", action="store_true", help="replace existing videos of the same name")
     parser.add_argument("--skip_existing", "--skip-existing", action="store_true", help="go on after a stopped run: "
                         "make only the videos whose sidecar is not in save_dir")
@@ -246,7 +300,8 @@ def read_sidecar(args, overrides):
             side = json.load(f)
         weights = {k: side["weights"][k] for k in ("path", "name", "sha256") if isinstance(side["weights"][k], str)}
         ckpt = weights["path"] if os.path.exists(weights["path"]) else weights["name"]
-        config, fields = tuples(side["config"]), dict(seed=side["seed"], prompt=side["prompt"])
+        config, fields = tuples(side["config"]), dict(seed=side["seed"], prompt=side["prompt"], **{
+            k: [side[k]] for k in ("reference_path", "mask_strategy") if side.get(k)})
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BadInput(f"--from_json {args.from_json}: not a sample.py sidecar ({type(e).__name__}: {e})") from e
     cfg = load_config(args.from_json, loaded=config) | fields
@@ -280,7 +335,8 @@ def configure(args, overrides):
     if sched == "sample_scheduler" and any(o.startswith(("--scheduler.", "--scheduler=")) for o in overrides):
         raise BadInput(f"{where} samples with sample_scheduler (type {cfg['sample_scheduler'].get('type')!r}), "
                        "not scheduler: override --sample_scheduler.KEY=VALUE instead")
-    cfg.update({k: getattr(args, k) for k in ("ckpt", "save_dir", "seed", "batch_size", "sp_size", "cache")
+    cfg.update({k: getattr(args, k) for k in ("ckpt", "save_dir", "seed", "batch_size", "sp_size", "cache",
+                                              "reference_path", "mask_strategy", "loop", "condition_frame_length")
                 if getattr(args, k) is not None})
     flags = {k: getattr(args, k) for k in ("num_sampling_steps", "cfg_scale") if getattr(args, k) is not None}
     cfg[sched] = dict(cfg[sched], **flags) if flags and isinstance(cfg[sched], dict) else cfg[sched]
@@ -328,6 +384,7 @@ def main():
         prompts = read_prompts(cfg["prompt_path"], f"prompt_path in {where}")
     if not prompts:
         raise BadInput("no prompts: give them on the command line, with --prompt or with --prompt_path")
+    conditions = read_conditions(cfg, prompts)  # (checked before any model loads)
     ctx = parallel.setup(cfg["sp_size"])  # torchrun: the prompts split over the data-parallel ranks
     log = print if ctx.is_main else (lambda *a, **k: None)
     model, vae, text_encoder, dtype, meta = build(cfg, ctx, log, expected_sha, args.from_json)
@@ -335,7 +392,8 @@ def main():
         os.path.join(cfg["save_dir"], video_name(prompts[k], cfg["seed"] + k) + ".json"))]  # (written after its video)
     for path in generate(cfg, model, vae, text_encoder, [prompts[k] for k in mine], [cfg["seed"] + k for k in mine],
                          cfg["save_dir"], ctx.device, dtype, meta, write=ctx.sp_rank == 0, free_text_encoder=True,
-                         progress=ctx.is_main, overwrite=args.overwrite or args.skip_existing):
+                         progress=ctx.is_main, overwrite=args.overwrite or args.skip_existing,
+                         conditions=conditions and [conditions[k] for k in mine]):
         print(path)
     parallel.cleanup()
 

@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import re
+import random
 import runpy
 import socket
 import subprocess
@@ -578,6 +579,21 @@ def test_stdit_mask_cases_match_v1_fixture():
             out_long_timestep=rel_err(model(c["x"], c["timestep_long"], c["y"], c["mask"]), c["out_long_timestep"]))
     print("STDiT mask cases vs v1.0:", {k: f"{v:.2e}" for k, v in errs.items()})
     assert all(e < 1e-5 for e in errs.values()), errs
+
+
+def test_stdit_x_mask_matches_v11_fixture():
+    ref = load_fixture("stdit_mask_ref.pt")
+    model = reference_model(ref)
+    args = (ref["x"], ref["timestep"], ref["y"], ref["mask"])
+    with torch.no_grad():
+        # all True = no condition frame: bit for bit the x_mask=None forward (v1.1 too); None is v1.0's code path
+        assert torch.equal(model(*args, x_mask=torch.ones(len(ref["x"]), ref["d_t"], dtype=torch.bool)), model(*args))
+        check("x_mask=None", model(*args), ref["out_none"])
+        check("timestep 0", model(ref["x"], torch.zeros_like(ref["timestep"]), *args[2:]), ref["out_timestep0"])
+        for case in ref["cases"]:
+            check(f"x_mask {case['name']}", model(*args, x_mask=case["x_mask"]), case["out"])
+    with pytest.raises(RuntimeError):  # v1.1 too: a float mask is an error (torch.where)
+        model(*args, x_mask=ref["cases"][0]["x_mask"].float())
 
 
 def test_temporal_branch_starts_as_nothing():
@@ -1489,6 +1505,76 @@ def test_samplers_pass_model_kwargs_and_additional_args():
         out = sched.sample(model, Text(), (4, 1, 2, 2), ["a", "b"], "cpu", additional_args=dict(extra=7), progress=False)
         assert out.shape == (2, 4, 1, 2, 2)
         assert got and all(g == (True, 7) for g in got), got
+
+
+def mask_fixture_model(ref):
+    model = STDiT(**ref["config"])
+    model.load_state_dict(ref["state_dict"])
+    return model.eval()
+
+
+def test_iddpm_masked_training_losses_match_v11_fixture():
+    ref = load_fixture("iddpm_mask_ref.pt")
+    tr, model, seen = ref["training"], mask_fixture_model(ref), {}
+    scheduler = IDDPM(timestep_respacing="")
+    for key, table in tr["schedule"].items():
+        assert np.allclose(getattr(scheduler, key), table.numpy(), rtol=1e-12), key
+
+    def recorded(x, t, **kwargs):
+        seen.update(x_t=x, t=t, out=model(x, t, **kwargs))
+        return seen["out"]
+    kwargs = dict(y=tr["y"], mask=tr["caption_mask"])
+    with torch.no_grad():
+        for name, model_kwargs, mask in [("losses", dict(kwargs, x_mask=tr["mask"]), tr["mask"]),
+                                         ("losses_nomask", kwargs, None), ("losses_scheduler_mask_only", kwargs, tr["mask"])]:
+            got = scheduler.training_losses(recorded, tr["x_start"], tr["t"], model_kwargs, tr["noise"], mask=mask)
+            for key in ("loss", "mse", "vb"):
+                check(f"{name}.{key}", got[key], tr[name][key])
+            if name == "losses":
+                check("model x_t", seen["x_t"], tr["model_x_t"]), check("model out", seen["out"], tr["model_out"])
+                assert torch.equal(seen["t"], tr["model_t"])
+
+
+def test_mask_generator_draws_match_v11_fixture():
+    ref = load_fixture("iddpm_mask_ref.pt")["mask_generator"]
+    assert list(ref["mask_ratios"]) == ref["mask_ratios_order"]
+    import train
+    rng = random.Random(ref["seed"])  # one stream over all draws, as the original's random.seed
+    for k, draw in enumerate(ref["draws"]):
+        assert torch.equal(train.frame_masks(ref["mask_ratios"], draw["B"], draw["T"], rng), draw["masks"]), k
+
+
+def test_iddpm_masked_sampling_matches_v11_fixture():
+    ref = load_fixture("iddpm_mask_ref.pt")
+    model = mask_fixture_model(ref)
+    null = lambda n: model.y_embedder.y_embedding[None].repeat(n, 1, 1)[:, None]  # noqa: E731
+    for run in ref["sampling"]["runs"]:
+        n, seen = run["n"], []
+        scheduler = IDDPM(num_sampling_steps=run["num_sampling_steps"], cfg_scale=run["cfg_scale"],
+                          cfg_channel=run["cfg_channel"])
+        assert torch.equal(torch.tensor(scheduler.timestep_map), run["timestep_map"])
+        for key in ("betas", "alphas_cumprod", "posterior_mean_coef1"):
+            assert np.allclose(getattr(scheduler, key), run[key].numpy(), rtol=1e-12), key
+        torch.manual_seed(run["seed"])
+        z = torch.randn(run["z_noise"].shape)
+        assert torch.equal(z, run["z_noise"])
+        masks = None
+        if run["mask_strategy"] is not None:
+            masks = diffusion.apply_mask_strategy(z, run["refs"], run["mask_strategy"], run["loop_i"])
+            assert torch.equal(masks, run["masks"]) and torch.equal(z, run["z"])
+
+        def recorded(x, t, y, **kwargs):
+            seen.append((t.clone(), kwargs.get("x_mask")))
+            return model(x, t, y, **kwargs)
+        with torch.no_grad():
+            out = scheduler.sample(recorded, types.SimpleNamespace(null=null), None, [""] * n, "cpu", progress=False,
+                                   encoded=dict(y=run["y"], mask=run["caption_mask"]), z=z, mask=masks)
+        assert torch.equal(torch.stack([t for t, _ in seen]), run["model_timesteps"])
+        if masks is not None:
+            assert torch.equal(torch.stack([m for _, m in seen]), run["model_x_mask"])
+        err = max(rel_err(out[i, :, f], run["out"][i, :, f]) for i in range(n) for f in range(out.shape[2]))
+        print(f"{run['name']}: worst (sample, frame) rel err {err:.2e}")
+        assert err < 1e-5, run["name"]
 
 
 # ============================================================================= stepcache.py: caching across denoising steps (PAB, TeaCache)
@@ -2559,6 +2645,20 @@ def test_reliability_validate_files_and_folders(tmp_path):
     assert "save_dir=" in bad_input(validate, sample_cfg, "sample")  # before any video is made, not after
 
 
+def test_mask_ratios_validated_before_training(tmp_path):
+    cfg, run_dir = train_cfg(tmp_path)
+    mask_cfg = load_config(str(ROOT / "configs/shapes_mask.py"), [f"--data_path={tmp_path}/data/train.csv"])
+    validate(mask_cfg, "train", run_dir)  # the toy recipe: 1-frame patches
+    old = {"mask_no": 0.7, "mask_random": 0.15, "mask_head": 0.05, "mask_tail": 0.05, "mask_head_tail": 0.05}
+    validate(dict(mask_cfg, mask_ratios=old), "train", run_dir)  # the names of v1.1's own 16x256x256-mask.py
+    assert load_config(str(ROOT / "configs/opensora/train/16x256x256-mask.py"))["mask_ratios"]["mask_no"] == 0.5
+    for bad in [dict(mask_cfg, mask_ratios={"mask_no": 0.5, "mask_foo": 0.5}), dict(mask_cfg, mask_ratios={"mask_no": 0.9}),
+                dict(cfg, mask_ratios=old),  # configs/shapes.py: patches of all 4 frames
+                dict(mask_cfg, model=dict(type="DiT", depth=1)),  # no x_mask
+                dict(mask_cfg, num_frames=1)]:  # no frame to generate from a given one
+        assert "mask_ratios=" in bad_input(validate, bad, "train", run_dir)
+
+
 def test_reliability_open_sora_v1_placeholders(tmp_path):
     """v1.0's config files ship placeholders: each is one line naming the key and what to set, before any load."""
     (tmp_path / "v1.py").write_text(OPEN_SORA_V1_CONFIG)
@@ -2661,6 +2761,50 @@ def test_reliability_output_names_unique_and_never_overwritten(tmp_path):
     assert set(second).isdisjoint(first) and len(os.listdir(tmp_path)) == 8  # (each with its sidecar)
     assert all(os.stat(p).st_mtime_ns == t for p, t in stamps.items())
     assert generate(overwrite=True) == first and len(os.listdir(tmp_path)) == 8  # asked: replaced
+
+
+def test_mask_strategies_of_the_readme_on_a_tiny_model(tmp_path):
+    import sample
+    image, clip = str(tmp_path / "a.png"), str(tmp_path / "b.mp4")
+    vio.write_video(image, torch.rand(3, 1, 8, 8) * 2 - 1)
+    vio.write_video(clip, torch.rand(3, 8, 8, 8) * 2 - 1, fps=4)
+    cfg = load_config(str(ROOT / "configs/shapes.py"), ["--num_frames=8", "--condition_frame_length=2"])
+    t5, vae = TX.build_text_encoder(dict(T5, model_max_length=32)), V.build_vae(cfg["vae"])
+    model = build_model(dict(cfg["model"], depth=1, hidden_size=32, patch_size=(1, 2, 2)), input_size=(8, 8, 8),
+                        in_channels=3, caption_channels=32, model_max_length=32).eval()
+    t5.y_embedder, seen, cpu = model.y_embedder, [], torch.device("cpu")
+
+    def recording(x, t, y, **kwargs):
+        seen.append((x[:1], kwargs["x_mask"][:1]))
+        return model(x, t, y, **kwargs)
+    # the README's examples at 8 frames: image-to-video, extension, connecting, editing, a 3-loop video
+    cases = [("0", image, 1), ("0,0,0,-4,4", clip, 1), ("0;0,1,0,-1,1", f"{image};{clip}", 1),
+             ("0,0,0,0,8,0.4", clip, 1), ("0", image, 3)]
+    for sampler, (strategy, paths, loops) in [(s, c) for s in ("iddpm", "dpm-solver") for c in cases]:
+        c, seen[:] = dict(cfg, reference_path=[paths], mask_strategy=[strategy], loop=loops), []
+        scheduler, conditions = build_scheduler(dict(type=sampler, num_sampling_steps=3)), sample.read_conditions(c, ["a"])
+        args = (c, scheduler, 3, recording, vae, t5, (3, 8, 8, 8), ["a"], conditions, cpu, torch.float32, {}, None,
+                t5.encode(["a"]), False)
+        if sampler == "dpm-solver" and "0.4" in strategy:  # edit ratios: IDDPM's
+            assert "iddpm" in bad_input(sample.sample_batch, *args)
+            continue
+        with torch.no_grad():
+            out = sample.sample_batch(*args)
+        assert out.shape == (1, 3, 8 + 6 * (loops - 1), 8, 8) and torch.isfinite(out).all()
+        want = torch.zeros(1, 3, 8, 8, 8)
+        cond = diffusion.apply_mask_strategy(want, [sample.encode_references(paths.split(";"), c, vae, cpu, None)],
+                                             [strategy])[0] < 1
+        # the model calls that see the references as they are: IDDPM's until the step where it re-noises them
+        edit = float(strategy.split(",")[5]) if strategy.count(",") == 5 else 0.0
+        held = [k for k in range(len(seen)) if sampler == "dpm-solver" or 2 - k % 3 > int(edit * 3)]
+        assert held and all(torch.equal(seen[k][0][0][:, cond], want[0][:, cond]) for k in held if k < 3)
+        assert all(torch.equal(m[0], ~cond) for _, m in seen[:2])  # conditions seen as such (t0)
+        for k in held[len(held) // loops:]:  # each later loop starts from the last 2 frames of the one before
+            assert torch.equal(seen[k][0][0][:, :2], out[0][:, 6 * (k // 3):6 * (k // 3) + 2])
+        if sampler == "dpm-solver":
+            assert torch.equal(out[0][:, :8][:, cond], want[0][:, cond])  # DPM-Solver keeps them exactly
+    assert "ref_id" in bad_input(sample.read_conditions, dict(cfg, reference_path=[image], mask_strategy=["0;0,1"]), ["a"])
+    assert "no such file" in bad_input(sample.read_conditions, dict(cfg, reference_path=["nope.png"]), ["a"])
 
 
 def test_reliability_sample_prompts_starting_with_dash(tmp_path, monkeypatch):

@@ -5,8 +5,10 @@ bottom: config, distributed, data, encoders, model, optimizer, resume, loop, sam
     python train.py configs/shapes.py                      # the CPU demo
     python train.py configs/shapes.py --load=outputs/shapes  # resume from the newest checkpoint that loads
 """
+import itertools
 import math
 import os
+import random
 import sys
 import time
 
@@ -40,14 +42,35 @@ def encode(batch, vae, text_encoder, device, dtype, size_args=None):
         return x, text_encoder.encode(batch["text"]) | (size_args or {})
 
 
-def train_step(model, opt, scheduler, x, model_kwargs, grad_clip, ema_decay, t=None, noise=None):
+def frame_masks(mask_ratios, B, T, rng):
+    """v1.1's MaskGenerator: (B, T) bool, False = a condition frame. Per row one rng.random() picks a type
+    (config.MASK_TYPES) by the ratios' running sum in dict order; "quarter" types condition randint(1, T // 4) frames (1 below 4 frames),
+    "image" types one; at a random place, at the head, the tail, or both (the older names: as the quarter types).
+    rng: a random.Random (its draws equal v1.1's from Python's random: iddpm_mask_ref.pt `mask_generator`)."""
+    masks = torch.ones(B, T, dtype=torch.bool)
+    for row in masks:
+        u = rng.random()  # (no type: the ratios sum to just under 1)
+        kind = next((k for k, c in zip(mask_ratios, itertools.accumulate(mask_ratios.values())) if u < c), "mask_no")
+        if T <= 1 or kind == "mask_no":
+            continue
+        k = 1 if "image" in kind else rng.randint(1, max(T // 4, 1))  # (v1.1: an error below 4 frames)
+        if kind.endswith("random"):
+            p = rng.randint(0, T - k)
+            row[p:p + k] = False
+        row[:k * ("head" in kind)] = row[T - k * ("tail" in kind):] = False
+    return masks
+
+
+def train_step(model, opt, scheduler, x, model_kwargs, grad_clip, ema_decay, t=None, noise=None, mask=None):
     """One training step, the one train.py runs and bench.py times: the IDDPM loss at random timesteps t (or the given
     ones), backward (ZeRO-2: each gradient bucket reduce-scattered on the way), the clipped AdamW update of this rank's
     shard, the weights all-gathered, then the EMA of the fp32 master shard unless the update was skipped (a non-finite
-    gradient norm, the same on every rank). Returns (loss, grad_norm)."""
+    gradient norm, the same on every rank). mask (B, T) bool: v1.1's frame mask (frame_masks), to the model as x_mask
+    and to the loss. Returns (loss, grad_norm)."""
     if t is None:
         t = torch.randint(0, scheduler.num_timesteps, (x.shape[0],), device=x.device)
-    loss = scheduler.training_losses(model, x, t, model_kwargs, noise=noise)["loss"].mean()
+    model_kwargs = model_kwargs if mask is None else dict(model_kwargs, x_mask=mask)
+    loss = scheduler.training_losses(model, x, t, model_kwargs, noise=noise, mask=mask)["loss"].mean()
     opt.zero_grad()
     loss.backward()
     grad_norm = opt.step(grad_clip)
@@ -198,7 +221,11 @@ def main(argv):
         dataset.set_epoch(epoch)  # temporal windows and flips are drawn from (seed, epoch, index)
         for batch in loader:
             x, model_kwargs = encode(batch, vae, text_encoder, device, dtype, size_args)
-            loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"], cfg["ema_decay"])
+            # frame masks from (seed, step, rank) alone: a resumed run draws the same ones, SP peers too
+            mask = frame_masks(cfg["mask_ratios"], len(x), x.shape[2], random.Random(f"{cfg['seed']}-{step}-"
+                               f"{ctx.dp_rank}")).to(device) if cfg["mask_ratios"] else None
+            loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"], cfg["ema_decay"],
+                                         mask=mask)
             start += cfg["batch_size"]
             step += 1
             if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
