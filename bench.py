@@ -553,7 +553,7 @@ def main():
             torch.cuda.empty_cache()
             sample.peak_gib(device)
         if r is None:
-            lines.append(f"{NAMES[name]:<26}{'OOM':>9}  (batch {row.get('batch')})")
+            lines.append(f"{NAMES[name]:<30}{'OOM':>9}  (batch {row.get('batch')})")
             continue
         r["samples"] = r["per_call"] / statistics.median(r["times"])  # per GPU
         del fn
@@ -562,12 +562,12 @@ def main():
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         tflops = r["flops"] * r["samples"] / 1e12
         setting = f"b{row['batch']} ck{int(row['ckpt'])}" if train else f"{statistics.median(r['times']):.3f} s"
-        line = (f"{NAMES[name]:<26}{setting:>9}{r['samples']:>10.3f}{r['ntok'] * r['samples']:>11.0f}"
-                f"{tflops:>9.1f}{100 * tflops / ceiling:>6.1f}%{peak.item():>9.1f}")
+        gpu = f"{tflops:>9.1f}{100 * tflops / ceiling:>6.1f}%{peak.item():>9.1f}" if cuda else f"{'-':>9}{'-':>7}{'-':>9}"
+        line = f"{NAMES[name]:<30}{setting:>9}{r['samples']:>10.3f}{r['ntok'] * r['samples']:>11.0f}{gpu}"
         lines.append(line)
         log(line, f"  [{time.perf_counter() - t0:.0f} s incl. build/compile; step times "
                   f"{', '.join(f'{t:.3f}' for t in r['times'])}; {r['flops'] / 1e12:.2f} TFLOP/sample]", flush=True)
-    log(f"\n{'row':<26}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}"
+    log(f"\n{'row':<30}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}"
         + " per GPU" * (ctx.world_size > 1))
     log("\n".join(lines))
     if stages:
