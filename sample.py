@@ -34,8 +34,9 @@ import time
 import torch
 from tqdm import tqdm
 
+import lora
 import parallel
-from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights
+from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights, sha256
 from config import load_config, validate
 from diffusion import build_scheduler
 from errors import BadInput, one_line_errors, run_dtype, write_atomic
@@ -158,14 +159,6 @@ def write_json(path, obj):
     write_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tuples(x):
     """JSON's lists back to the tuples a config file writes ((256, 256), patch_size (1, 2, 2))."""
     if isinstance(x, dict):
@@ -185,6 +178,7 @@ FLAGS = {  # our name: (v1.0's spelling, type, help); every flag also takes '-' 
     "num_sampling_steps": ("num-sampling-steps", int, "the sampler's steps"),
     "cfg_scale": ("cfg-scale", float, "classifier-free guidance scale"),
     "sp_size": (None, int, "under torchrun: processes that sample each video together (Ulysses)"),
+    "lora": (None, str, "a LoRA folder (train.py's RUN/lora), PATH:SCALE to scale it; repeatable, merged once"),
     "from_json": (None, str, "a sidecar: sample its video again")}
 
 
@@ -200,7 +194,7 @@ def parse_args(argv):
         spellings = sorted({f"--{key}", f"--{key.replace('_', '-')}"} | ({f"--{v1}"} if v1 else set()))
         names |= set(spellings)
         parser.add_argument(*spellings, dest=key, type=kind, help=what,
-                            action="append" if key == "prompt" else "store")
+                            action="append" if key in ("prompt", "lora") else "store")
     parser.add_argument("--overwrite", action="store_true", help="replace existing videos of the same name")
     names.add("--overwrite")
     cut = argv.index("--") if "--" in argv else len(argv)  # the prompts after '--' may start with '-'
@@ -224,7 +218,7 @@ def parse_args(argv):
 def read_sidecar(args, overrides):
     """--from_json FILE: the config, prompt, seed and weights a video was made with (its sha256 checked)."""
     given = [k for k in ("config", "prompts", "prompt", "prompt_path", "ckpt", "seed", "num_sampling_steps",
-                         "cfg_scale") if getattr(args, k) not in (None, [])]
+                         "cfg_scale", "lora") if getattr(args, k) not in (None, [])]
     if overrides or given:
         raise BadInput(f"--from_json takes the config, prompt, seed, sampler and weights from the file, not "
                        f"{(overrides or given)[0]}: beside it give only --save_dir, --overwrite or --sp_size")
@@ -236,7 +230,7 @@ def read_sidecar(args, overrides):
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BadInput(f"--from_json {args.from_json}: not a sample.py sidecar ({type(e).__name__}: {e})") from e
     cfg["ckpt"] = weights["path"] if os.path.exists(weights["path"]) else weights["name"]
-    return cfg, weights["sha256"]
+    return cfg, weights["sha256"], side.get("lora", [])
 
 
 def read_prompts(path, key):
@@ -250,9 +244,9 @@ def read_prompts(path, key):
 
 def main():
     args, overrides = parse_args(sys.argv[1:])
-    expected_sha = None
+    expected_sha, adapters = None, []
     if args.from_json:
-        cfg, expected_sha = read_sidecar(args, overrides)
+        cfg, expected_sha, adapters = read_sidecar(args, overrides)
         where = args.from_json
     else:
         where = args.config or os.path.join(HERE, "configs/opensora/inference/16x256x256.py")
@@ -283,6 +277,13 @@ def main():
         raise BadInput(f"{weights}: sha256 {digest[:12]}.. is not the {expected_sha[:12]}.. of {args.from_json}: "
                        "these are other weights; put the original file at its path")
     meta = dict(weights=dict(name=name, path=os.path.abspath(weights), sha256=digest))
+    given = [(m[1], float(m[2])) if (m := re.fullmatch(r"(.+):([-+]?\d*\.?\d+(e[-+]?\d+)?)", a, re.I)) else (a, 1.0)
+             for a in args.lora or []]  # PATH or PATH:SCALE
+    found = lora.check([(a["path"], a["scale"]) for a in adapters] or given, state, name)
+    bad = [a for a, f in zip(adapters, found) if a["sha256"] != f["sha256"]]
+    if bad:
+        raise BadInput(f"--lora {bad[0]['path']}: not the adapter of {args.from_json} (another sha256): put it back")
+    meta |= dict(lora=found) if found else {}
 
     device = ctx.device
     dtype = run_dtype(cfg["dtype"], device, log)
@@ -293,6 +294,7 @@ def main():
         model_max_length=text_encoder.model_max_length, dtype=dtype)
     load_weights(model, state, weights)
     del state
+    model = lora.merge(model, found)  # in fp32, before the cast: no per-step cost
     model = model.to(device, dtype).eval()
     if ctx.sp_size > 1:
         parallel.enable_sequence_parallel(model, ctx.sp_group)

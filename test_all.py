@@ -32,6 +32,7 @@ import errors  # noqa: E402
 import video as vio  # noqa: E402
 import diffusion  # noqa: E402
 import layers as L  # noqa: E402
+import lora  # noqa: E402
 import model as M  # noqa: E402
 import parallel  # noqa: E402
 import prepare  # noqa: E402
@@ -2191,6 +2192,78 @@ def test_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert toy.make_shapes("", 1, num_frames=4, size=8, csv_name="toy.csv") == "toy.csv"
     assert len(data.read_csv(str(tmp_path / "toy.csv"))) == 1
+
+
+# ============================================================================= lora.py: adapters on a frozen base, peft's format, merging
+LORA = dict(lora.DEFAULTS, r=4, alpha=8)
+ONE_RANK = types.SimpleNamespace(dp_size=1, dp_rank=0)
+
+
+def lora_base(tmp_path):
+    """A tiny STDiT with every weight nonzero (tiny_stdit) saved as the base file -> (path, the model)."""
+    base = tiny_stdit()
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    return str(tmp_path / "base.pt"), base
+
+
+def lora_trained(ctx, base_path, steps=3):
+    """The tiny STDiT on base_path with LORA's adapters after `steps` ZeroAdamW steps -> (model, base info)."""
+    torch.manual_seed(0)  # the adapters' init: the same on every rank
+    model = STDiT(**TINY_ST)
+    info = lora.add(model, LORA, base_path)
+    opt = parallel.ZeroAdamW(model.named_parameters(), **OPT)
+    zero_steps(model, opt, ctx, steps)
+    return model, info
+
+
+def _lora_rank(ctx, base_path):
+    model, _ = lora_trained(ctx, base_path)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_lora_trains_only_adapters_base_bit_identical(tmp_path):
+    path, base = lora_base(tmp_path)
+    model, info = lora_trained(ONE_RANK, path)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(trained) == 2 * 9 * TINY_ST["depth"] and all(".lora_" in n for n in trained)  # A, B of 9 linears
+    assert info["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    frozen = {n.replace(".base_layer", ""): v for n, v in model.state_dict().items() if ".lora_" not in n}
+    assert frozen.keys() == base.state_dict().keys()
+    assert all(torch.equal(v, base.state_dict()[n]) for n, v in frozen.items())  # the base: bit-identical
+    torch.manual_seed(0)
+    lora.add(init := STDiT(**TINY_ST), LORA, path)
+    start = dict(init.named_parameters())
+    assert all(not torch.equal(p, start[n]) for n, p in trained.items())  # every adapter moved (B from zero)
+
+
+def test_lora_export_reloads_with_peft_and_equals_merged(tmp_path):
+    from peft import PeftModel
+    path, base = lora_base(tmp_path)
+    model, info = lora_trained(ONE_RANK, path)
+    folder = lora.export({n: p for n, p in model.named_parameters() if p.requires_grad}, LORA, info, tmp_path / "a")
+    assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert info["sha256"] in open(folder / "README.md").read()
+    x, t, y, mask, _ = tiny_batch(0)
+    with torch.no_grad():
+        want = model.eval()(x, t, y, mask)
+        peft_out = PeftModel.from_pretrained(tiny_stdit(), folder).eval()(x, t, y, mask)
+        found = lora.check([(folder, 1.0)], base.state_dict(), path)
+        merged = lora.merge(tiny_stdit(), found).eval()
+        got = merged(x, t, y, mask)
+        zero = lora.merge(tiny_stdit(), [dict(found[0], scale=0.0)])
+    print(f"LoRA: peft's reload vs trained {rel_err(peft_out, want):.1e}, merged vs trained {rel_err(got, want):.1e}")
+    assert rel_err(peft_out, want) < 1e-6 and rel_err(got, want) < 1e-6 and rel_err(want, base(x, t, y, mask)) > 1e-3
+    assert merged.state_dict().keys() == base.state_dict().keys()
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in zero.state_dict().items())  # scale 0: bit for bit
+
+
+def test_lora_zero2_two_ranks_equals_one_rank(tmp_path):
+    path, _ = lora_base(tmp_path)
+    one = _lora_rank(ONE_RANK, path)
+    for r, two in enumerate(spawn(_lora_rank, 2, tmp_path, path)):
+        err = max(rel_err(two[n], one[n]) for n in one)
+        print(f"LoRA ZeRO-2 rank {r}/2 vs 1 rank, 3 steps: adapters {err:.1e}")
+        assert two.keys() == one.keys() and err < 1e-5
 
 
 # ============================================================================= config.py: loading, overrides, validation (and the builders' type checks it relies on)

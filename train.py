@@ -13,6 +13,7 @@ import time
 import torch
 from tqdm import tqdm
 
+import lora
 import parallel
 import sample
 import toy
@@ -105,7 +106,10 @@ def main(argv):
     model_args = dict(input_size=latent_size, in_channels=vae.out_channels,  # from the encoders, as v1.0
                       caption_channels=text_encoder.output_dim if text_encoder else read_meta(cfg)["caption_channels"],
                       model_max_length=cfg["text_encoder"].get("model_max_length"))
-    model = build_model(cfg["model"], **model_args, dtype=dtype).to(device, dtype).train()
+    # LoRA: the base loaded into the bf16 model, then the adapters (on its device and dtype), the only trainable part
+    model = build_model(cfg["model"] | (dict(from_pretrained=None) if cfg["lora"] else {}), **model_args, dtype=dtype)
+    model = model.to(device, dtype).train()
+    base = lora.add(model, cfg["lora"], cfg["model"]["from_pretrained"]) if cfg["lora"] else None
     model.grad_checkpointing = cfg["grad_checkpoint"]
     if cfg["compile"] and device.type == "cuda" and ctx.sp_size == 1:  # bench.py's fast path. CPU: eager; sequence
         model.compile_blocks()  # parallel: eager too (the all-to-all inside the blocks is not traced, nor tested compiled)
@@ -135,10 +139,15 @@ def main(argv):
     # ------------------------------------------------------------------------- resume
     step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
     if cfg["load"]:
-        fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
+        was, now = ckpt.get("base") or {}, base or {}  # adapters resume on the base they were trained on only
+        if was.get("sha256") != now.get("sha256"):
+            raise BadInput(f"--load {load_path}: trained on the base {was.get('name', 'none (full training)')}, not "
+                           f"{now.get('name', 'none (full training)')}: resume with the same model.from_pretrained and lora")
+        if not base:
+            fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
+            model.load_state_dict(ckpt["model"])
+            opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
+        opt.load_state_dict(ckpt["optimizer"])  # (writes the master weights into the parameters: LoRA's adapters)
         step, epoch, start = ckpt["step"], ckpt["epoch"], ckpt["start"]
         torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
         if device.type == "cuda" and "cuda_rng" in ckpt:
@@ -156,7 +165,9 @@ def main(argv):
     def checkpoint():
         """Every rank takes part (the optimizer state is gathered); rank 0 writes, atomically."""
         rng = parallel.all_gather_object(torch.get_rng_state(), ctx.dp_group)
-        state = dict(model=model.state_dict(), ema=ema_state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
+        optimizer = opt.state_dict()  # LoRA: the adapters (fp32 master) and their optimizer only, a few MB, + the base
+        state = dict(model=(optimizer or {}).get("master") if base else model.state_dict(), base=base,
+                     ema=None if base else ema_state_dict(), optimizer=optimizer, step=step, epoch=epoch,
                      start=start, rng=rng, config=cfg)
         if device.type == "cuda":
             state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
@@ -193,7 +204,10 @@ def main(argv):
         dataset.set_epoch(epoch)  # temporal windows and flips are drawn from (seed, epoch, index)
         for batch in loader:
             x, model_kwargs = encode(batch, vae, text_encoder, device, dtype, size_args)
-            loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"], cfg["ema_decay"])
+            # LoRA: no EMA (decay 0: the EMA is the weights), as Open-Sora 2.0: a fine-tune of a few hundred steps
+            # would mostly average in the zero-delta start, and the base already is an EMA
+            loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"],
+                                         0.0 if base else cfg["ema_decay"])
             start += cfg["batch_size"]
             step += 1
             if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
@@ -227,10 +241,16 @@ def main(argv):
         writer.close()
 
     # ------------------------------------------------------------------------- samples at the end
-    ema_sd = ema_state_dict() if cfg["eval_prompts"] else None
-    if ctx.is_main and ema_sd:
-        ema = build_model(cfg["model"] | dict(from_pretrained=None), **model_args)
-        ema.load_state_dict(ema_sd)
+    adapters = opt.full("master") if base else None  # (every rank takes part)
+    if ctx.is_main and base:
+        log(f"adapter: {lora.export(adapters, cfg['lora'], base, os.path.join(run_dir, 'lora'))}")
+    ema_sd = ema_state_dict() if cfg["eval_prompts"] and not base else None
+    if ctx.is_main and (ema_sd or base and cfg["eval_prompts"]):
+        ema = build_model(cfg["model"] | (dict() if base else dict(from_pretrained=None)), **model_args)
+        if base:  # the base, and the adapters folded into its weights as sample.py does
+            ema = lora.merge(ema, [dict(path=os.path.join(run_dir, "lora"), scale=1.0)])
+        else:
+            ema.load_state_dict(ema_sd)
         ema = ema.to(device).eval()
         text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
         prompts = list(cfg["eval_prompts"])
