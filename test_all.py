@@ -178,6 +178,15 @@ def tiny_run(tmp_path_factory):
     return tmp
 
 
+@pytest.fixture(scope="module")
+def tiny_lora_run(tiny_run):
+    """4 steps (checkpoints at 2 and 4) of rank-4 LoRA adapters on tiny_run's model; the adapter exported to lora/."""
+    tmp = tiny_run
+    run_train(tmp, "--max_steps=4", "--ckpt_every=2", "--lora.r=4", f"--model.from_pretrained={tmp}/a/shapes",
+              "--lr=1e-2", f"--outputs={tmp}/la")
+    return tmp
+
+
 # ============================================================================= errors.py: the ground floor (one-line errors on every entry point, dtypes, no import cycle)
 def test_no_import_cycle_and_errors_is_the_ground():
     """Every import between product files points down, also those inside functions; errors.py imports none of ours."""
@@ -2351,6 +2360,22 @@ grad_clip = 1.0
 '''
 
 
+def test_lora_config_key_and_overrides(tmp_path):
+    shapes = str(ROOT / "configs/shapes.py")
+    assert load_config(shapes)["lora"] is None  # full fine-tuning, as before
+    assert load_config(shapes, ["--lora.r=8"])["lora"] == dict(lora.DEFAULTS, r=8)  # on, the rest as DEFAULTS
+    (tmp_path / "c.py").write_text(f"exec(open({shapes!r}).read())\nlora = dict(r=2)\n")
+    assert load_config(str(tmp_path / "c.py"), ["--lora.dropout=0.1"])["lora"] == dict(lora.DEFAULTS, r=2, dropout=0.1)
+    assert load_config(str(tmp_path / "c.py"), ["--lora=None"])["lora"] is None
+    for override, message in [("--lora.rank=8", "'rank' is not a key of lora"), ("--lora.r=0", "lora.r=0: give a rank"),
+                              ("--lora.dropout=1", "lora.dropout=1: give a number in"),
+                              ("--lora.alpha=-1", "lora.alpha=-1: give a number > 0")]:
+        with pytest.raises(BadInput, match=message):
+            validate(load_config(str(tmp_path / "c.py"), [override]), "train", str(tmp_path / "run"))
+    with pytest.raises(BadInput, match="model.from_pretrained=None: LoRA adapts a base"):
+        validate(load_config(shapes, ["--lora.r=8", f"--data_path={tmp_path}/d/train.csv"]), "train", str(tmp_path))
+
+
 def test_config_open_sora_v1_file(tmp_path):
     """A v1.0 config file (its configs/opensora/train/16x256x256.py layout) loads as is and builds a meta model."""
     path = tmp_path / "16x256x256.py"
@@ -2700,6 +2725,40 @@ def test_sample_torchrun_splits_prompts_sp_and_sidecar_reproduce(tiny_run):
     assert np.abs(vio.read_video(again).astype(int) - one[os.path.basename(again)]).max() <= 1  # measured: 0
 
 
+def test_lora_sample_scale_zero_equals_no_adapter_recorded_and_from_json(tiny_lora_run):
+    """--lora FOLDER:0 gives the video of no adapter bit for bit; the sidecar names the adapter (path, sha256, scale)
+    and --from_json samples with it again; --lora FOLDER (scale 1) changes the video."""
+    tmp, folder = tiny_lora_run, tiny_lora_run / "la/shapes/lora"
+    args = [str(ROOT / "sample.py"), str(ROOT / "configs/shapes.py"), "--ckpt", f"{tmp}/a/shapes", "--seed=5",
+            "a red circle moving right", "--model.depth=1", "--model.hidden_size=32",
+            "--sample_scheduler.num_sampling_steps=3",
+            "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"]
+    videos = {}
+    for name, extra in [("none", []), ("zero", ["--lora", f"{folder}:0"]), ("one", ["--lora", str(folder)]),
+                        ("again", None)]:
+        cmd = args + extra if extra is not None else [str(ROOT / "sample.py"), "--from_json", videos["one"][:-4] + ".json"]
+        out = subprocess.run([sys.executable, *cmd, "--save_dir", f"{tmp}/lora_{name}"], cwd=tmp, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        videos[name] = out.stdout.split()[-1]
+    frames = {k: vio.read_video(v).astype(int) for k, v in videos.items()}
+    assert np.array_equal(frames["zero"], frames["none"]) and np.array_equal(frames["again"], frames["one"])
+    assert not np.array_equal(frames["one"], frames["none"])
+    sha = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
+    for name, scale in (("zero", 0.0), ("one", 1.0), ("again", 1.0)):
+        assert json.load(open(videos[name][:-4] + ".json"))["lora"] == [dict(path=str(folder), sha256=sha, scale=scale)]
+
+
+def test_lora_sample_wrong_base_one_line_before_encoders(tiny_lora_run, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+    folder = tiny_lora_run / "la/shapes/lora"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(192, 64)}, tmp_path / "other.safetensors")
+    message = run_sample_main(monkeypatch, "shapes", "--ckpt", str(tmp_path / "other.safetensors"), "--lora", str(folder))
+    assert f"--lora {folder}: an adapter of another base than {tmp_path}/other.safetensors" in message
+    assert "no adapter_config.json" in run_sample_main(monkeypatch, "shapes", "--ckpt", str(tmp_path /
+                                                       "other.safetensors"), "--lora", str(tmp_path))
+
+
 # ============================================================================= train.py: resume, stops, logging, torchrun
 TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.hidden_size=32", "--log_every=1",
               "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}",
@@ -2788,6 +2847,25 @@ def test_train_torchrun_zero2_seq_two_ranks(tmp_path):
     with pytest.raises(subprocess.CalledProcessError):  # zero2-seq without sp, or zero2 with sp: refused
         subprocess.run([sys.executable, str(ROOT / "train.py"), str(ROOT / "configs/shapes.py"), "--sp_size=2"],
                        cwd=tmp_path, capture_output=True, check=True, timeout=120)
+
+
+def test_lora_train_resume_exact_and_checkpoints_hold_adapters(tiny_lora_run):
+    tmp, base = tiny_lora_run, tiny_lora_run / "a/shapes/step0000006.pt"  # the base: tiny_run's newest
+    lora_args = ["--lora.r=4", f"--model.from_pretrained={tmp}/a/shapes", "--lr=1e-2", "--ckpt_every=2"]
+    run_train(tmp, "--max_steps=2", *lora_args, f"--outputs={tmp}/lb")
+    run_train(tmp, "--max_steps=4", *lora_args, f"--outputs={tmp}/lb", f"--load={tmp}/lb/shapes")
+    a, b = losses(tmp / "la/shapes"), losses(tmp / "lb/shapes")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4] and a == b  # bit-identical on CPU
+    ckpt, again = (torch.load(tmp / f"{r}/shapes/step0000004.pt", weights_only=True) for r in ("la", "lb"))
+    assert ckpt["base"]["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest() and ckpt["ema"] is None
+    assert all(".lora_" in k for k in ckpt["model"]) and set(ckpt["optimizer"]["exp_avg"]) == set(ckpt["model"])
+    assert all(torch.equal(ckpt["model"][k], again["model"][k]) for k in ckpt["model"])
+    size = os.path.getsize(tmp / "la/shapes/lora/adapter_model.safetensors")
+    print(f"LoRA r=4 on the tiny demo model: adapter {size} B, checkpoint "
+          f"{os.path.getsize(tmp / 'la/shapes/step0000004.pt')} B, base {base.stat().st_size} B")
+    with pytest.raises(AssertionError, match="trained on the base .*a/shapes, not .*step0000003.pt"):
+        run_train(tmp, "--max_steps=6", *lora_args[:1], f"--model.from_pretrained={tmp}/a/shapes/step0000003.pt",
+                  f"--outputs={tmp}/lb", f"--load={tmp}/lb/shapes")
 
 
 # ============================================================================= configs/: every config trains two steps and samples at toy size

@@ -256,7 +256,7 @@ def main(argv):
         prompts = list(cfg["eval_prompts"])
         for path in sample.generate(cfg, ema, vae, text_encoder, prompts, [cfg["seed"] + k for k in range(len(prompts))],
                                     os.path.join(run_dir, "samples"), device, dtype, dict(weights=dict(run=run_dir,
-                                    step=step, ema=True))):
+                                    step=step, ema=not base, base=base))):
             log(path)
     parallel.cleanup()
 
