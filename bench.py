@@ -38,6 +38,7 @@ import attention_kernel
 import data
 import diffusion
 import layers
+import lora
 import model as stdit
 import parallel
 import sample
@@ -131,19 +132,9 @@ def flops(m, latent, L, train):
 
 
 def matmul_ceiling(device, n=8192, reps=20):
-    """bf16 n^3 matmul rate in TFLOP/s (random data, median of reps)."""
+    """bf16 n^3 matmul rate in TFLOP/s (random data; the median of 3 timings of `reps` matmuls back to back)."""
     a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n**3 / statistics.median(times) / 1e12
+    return 2 * n**3 * reps / statistics.median(timed(lambda: [a @ b for _ in range(reps)], 3, device)) / 1e12
 
 
 # ----------------------------------------------------------------------------- building
@@ -184,6 +175,8 @@ def build(args, latent, device, dtype, train, fast, row=None):
         m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=caption, model_max_length=120,
                               dtype=dtype)
     m = m.to(device, dtype).train(train)
+    if args.lora and train:  # fine-tuning: rank-r adapters on the frozen random weights, as train.py's lora
+        lora.add(m, dict(lora.DEFAULTS, r=args.lora))
     if args.ctx.sp_size > 1:  # as train.py: Ulysses, eager
         parallel.enable_sequence_parallel(m, args.ctx.sp_group)
     elif fast and args.compile:  # as train.py and sample.py
@@ -314,19 +307,11 @@ def timed(fn, n, device, warmup=2):
     """Wall times of n calls after warmup calls (compilation lands there), the device synchronized around each."""
     for _ in range(warmup):
         fn()
-    sync(device)
-    times = []
+    ends = [sample.clock(device)]
     for _ in range(n):
-        t0 = time.perf_counter()
         fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        ends.append(sample.clock(device))
+    return [b - a for a, b in zip(ends, ends[1:])]
 
 
 # ----------------------------------------------------------------------------- --check: fast path vs plain path
@@ -484,6 +469,8 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke test)")
     parser.add_argument("--profile", help="a row to profile (top kernels) after the table")
     parser.add_argument("--profile_ckpt", type=int, default=28, help="checkpointed blocks in the profiled row")
+    parser.add_argument("--lora", type=int, default=0, help="R > 0: the train rows fine-tune LoRA adapters of rank R "
+                        "(TFLOP/s, MFU still count full training's backward)")
     parser.add_argument("--sp_size", type=int, default=1, help="under torchrun: Ulysses sequence-parallel group size")
     parser.add_argument("--losses", type=int, default=0, help="N: the loss curve of N steps of the first row instead")
     parser.add_argument("--losses_out", help="--losses: write the losses here, one a line")
@@ -589,7 +576,7 @@ def main():
         log("\nsampling stages (sample.generate: T5, the diffusion model, the VAE; seconds and peak GPU memory)")
         log("\n".join(stages))
     log(f"torch {torch.__version__}, {ctx.world_size} x {torch.cuda.get_device_name() if cuda else 'cpu'} (dp "
-        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path, bf16 ceiling {ceiling:.0f} "
+        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path{f', LoRA r{args.lora}' * bool(args.lora)}, bf16 ceiling {ceiling:.0f} "
         f"TFLOP/s, {time.strftime('%Y-%m-%d')}")
     if args.profile:
         profile(args, args.profile, vae, t5, device, dtype)

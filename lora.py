@@ -25,19 +25,21 @@ TARGETS = r"blocks\.\d+\.(attn|attn_temp|cross_attn|mlp)\.(qkv|proj|q_linear|kv_
 PREFIX = "base_model.model."  # what PeftModel puts before the module names in its files
 
 
-def add(model, cfg, base_name):
-    """Load the base weights `base_name` into model, then inject cfg's adapters (peft marks only them trainable; B is
-    zero, so the model starts as the base). -> dict(name, sha256) of the base file, kept in every checkpoint."""
+def add(model, cfg, base_name=None):
+    """Load the base weights `base_name` into model (None: its own are the base, bench.py's random ones), then inject
+    cfg's adapters (peft marks only them trainable; B is zero, so the model starts as the base). -> dict(name, sha256)
+    of the base file, kept in every checkpoint."""
     from peft import LoraConfig, inject_adapter_in_model
-    path, sd = newest_that_loads(resolve_weights(base_name), read_weights)
-    load_weights(model, sd, path)
+    if base_name:
+        path, sd = newest_that_loads(resolve_weights(base_name), read_weights)
+        load_weights(model, sd, path)
     config = LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
                         target_modules=cfg["target_modules"] or TARGETS)
     try:
         inject_adapter_in_model(config, model)
     except ValueError as e:  # no module matched
         raise BadInput(f"lora.target_modules={cfg['target_modules']!r}: {str(e)[:200]}") from e
-    return dict(name=base_name, sha256=sha256(path))
+    return dict(name=base_name, sha256=sha256(path)) if base_name else None
 
 
 def export(adapters, cfg, base, folder):
