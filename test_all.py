@@ -2894,7 +2894,7 @@ def tiny_overrides(cfg, tmp):
     if cfg["vae"]["type"] != "identity":
         args += ["--vae.from_pretrained=None",
                  "--vae.config={'block_out_channels': (16, 16), 'norm_num_groups': 4, 'layers_per_block': 1}"]
-    return args + (["--make_shapes=0", "--cache_dir=None"] if cfg["make_shapes"] else [])
+    return args + (["--make_shapes=0", "--cache_dir=None"] if cfg["cache_dir"] else [])
 
 
 def tiny_data(tmp, num_frames, size):
@@ -2920,7 +2920,8 @@ def test_every_config_trains_and_samples_at_toy_size(name, tmp_path, monkeypatch
     tiny_data(tmp_path, small["num_frames"], small["image_size"])
     prompts = ["1", "2"]
     if cfg["data_path"] is not None:  # a training config: 2 steps, then sample from the run folder
-        monkeypatch.setattr(sys, "argv", ["train.py", path, *args])
+        no_lora = ["--lora=None"] * bool(cfg["lora"])  # (no base here; LoRA on the toy: test_lora_train_resume_..)
+        monkeypatch.setattr(sys, "argv", ["train.py", path, *args, *no_lora])
         runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
         run = tmp_path / "outputs" / os.path.splitext(os.path.basename(name))[0]
         assert sorted(losses(run)) == [1, 2] and all(np.isfinite(list(losses(run).values())))
