@@ -149,12 +149,12 @@ def latent_size(args, frames, size):
     return vaes.latent_size((frames, size, size), down)
 
 
-def build_encoders(args, device, dtype):
+def build_encoders(args, device, dtype, t5_dtype=None):
     with on(device):
         vae = vaes.VideoAutoencoderKL(from_pretrained=None, config=TINY_VAE if args.tiny else SD_VAE, dtype=dtype,
                                       device=device, micro_batch_size=args.vae_micro_batch)
         t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
-                            device=device, dtype=dtype)
+                            device=device, dtype=t5_dtype or dtype)
     if not args.plain and args.compile:  # as train.py
         vae.compile_encoder()
     return vae, t5
@@ -273,11 +273,9 @@ def memory_row(args, row, device):
     cfg = load_config(row["config"], ["--batch_size=1", *row.get("overrides", [])])
     frames = cfg["vae"].get("micro_batch_size") if row.get("vae_micro") is None else row["vae_micro"]
     dtype = run_dtype(cfg["dtype"], device)
+    vae, t5 = build_encoders(argparse.Namespace(**dict(vars(args), plain=True, vae_micro_batch=frames)), device, dtype,
+                             DTYPES[row.get("t5", "fp32")])  # (plain: the VAE's encoder, unused here, not compiled)
     with on(device):
-        vae = vaes.VideoAutoencoderKL(from_pretrained=None, config=TINY_VAE if args.tiny else SD_VAE, dtype=dtype,
-                                      device=device, micro_batch_size=frames)
-        t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
-                            device=device, dtype=DTYPES[row.get("t5", "fp32")])
         model = stdit.build_model(cfg["model"] | dict(from_pretrained=None, **TINY_MODEL if args.tiny else {}),
                                   input_size=vae.get_latent_size((cfg["num_frames"], *cfg["image_size"])),
                                   in_channels=4, caption_channels=t5.output_dim, model_max_length=120, dtype=dtype)
@@ -322,8 +320,7 @@ def rel(a, b):
 def check(args, device):
     """Same weights and inputs through (plain bf16, fast bf16) against fp32 plain: forward output and weight gradients
     of the model, in train mode (no caption dropout); the encoders' bf16 against fp32."""
-    latent = (16, 32, 32) if not args.tiny else (4, 8, 8)
-    B = 2
+    latent, B = (16, 32, 32) if not args.tiny else (4, 8, 8), 2
     torch.manual_seed(0)
     ref = build(args, latent, device, torch.float32, train=True, fast=False)
     ref.y_embedder.dropout_prob = 0.0
@@ -339,8 +336,7 @@ def check(args, device):
     x = torch.randn(B, 4, *latent, device=device)
     t = torch.tensor([10.0, 990.0], device=device)
     y = torch.randn(B, 1, 120, args.caption_channels, device=device)
-    mask = torch.zeros(B, 120, dtype=torch.long, device=device)
-    mask[0, :120], mask[1, :37] = 1, 1
+    mask = (torch.arange(120, device=device) < torch.tensor([[120], [37]], device=device)).long()  # 120 and 37 tokens
     results = {}
     for name, m in (("fp32", ref), ("plain", plain), ("fast", fast)):
         set_path(name == "fast")

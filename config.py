@@ -169,15 +169,12 @@ def validate(cfg, command, run_dir=None):
     need(command == "sample" or cfg["plugin"] in ("zero2", "zero2-seq") and (cfg["plugin"] == "zero2") ==
          (cfg["sp_size"] == 1), "plugin", f"with sp_size={cfg['sp_size']}: use plugin='zero2' (ZeRO-2) with sp_size=1, "
          "or plugin='zero2-seq' (ZeRO-2 + Ulysses sequence parallelism) with sp_size > 1")
-    adapter = cfg["lora"]
-    need(adapter is None or isinstance(adapter, dict) and set(adapter) == set(lora.DEFAULTS), "lora",
-         f"give None (full fine-tuning) or a dict of {', '.join(lora.DEFAULTS)}")
-    if adapter and command == "train":
-        need(type(adapter["r"]) is int and adapter["r"] >= 1, "lora.r", "give a rank >= 1")
-        need(number(adapter["alpha"]) and adapter["alpha"] > 0, "lora.alpha", "give a number > 0")
-        need(number(adapter["dropout"]) and 0 <= adapter["dropout"] < 1, "lora.dropout", "give a number in [0, 1)")
-        need(cfg["model"].get("from_pretrained"), "model.from_pretrained", "LoRA adapts a base: set it to the base "
-             "weights (a released file or a run folder of train.py)")
+    a = cfg["lora"]
+    need(a is None or isinstance(a, dict) and set(a) == set(lora.DEFAULTS) and type(a["r"]) is int and a["r"] >= 1 and
+         number(a["alpha"]) and a["alpha"] > 0 and number(a["dropout"]) and 0 <= a["dropout"] < 1, "lora", "give None "
+         f"(full fine-tuning) or a dict of {', '.join(lora.DEFAULTS)}: r >= 1 (whole), alpha > 0, dropout in [0, 1)")
+    need(not a or command != "train" or cfg["model"].get("from_pretrained"), "model.from_pretrained", "LoRA adapts "
+         "a base: set it to the base weights (a released file or a run folder of train.py)")
     prompts = cfg["eval_prompts"]
     need(prompts is None or type(prompts) in (list, tuple) and all(isinstance(p, str) and p for p in prompts),
          "eval_prompts", "give a list of prompts, or None")

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from safetensors.torch import load_file, save_file
+
 from checkpoints import load_weights, newest_that_loads, read_checkpoint, read_weights, resolve_weights, sha256
 from errors import BadInput, atomic, one_line_errors, write_atomic
 
@@ -46,7 +48,6 @@ def export(adapters, cfg, base, folder):
     """Adapters {our parameter name: tensor} -> folder: adapter_config.json, adapter_model.safetensors (peft's names)
     and a README naming the base. Returns folder."""
     from peft import LoraConfig
-    from safetensors.torch import save_file
     config = LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
                         target_modules=cfg["target_modules"] or TARGETS, base_model_name_or_path=base["name"])
     write_atomic(os.path.join(folder, "adapter_config.json"), json.dumps(config.to_dict(), indent=1, default=sorted))
@@ -59,24 +60,21 @@ def export(adapters, cfg, base, folder):
 
 
 def check(adapters, base_sd, base_name):
-    """Each (folder, scale) of sample.py --lora against the base's state dict, before the encoders load: the file's
-    sha256 for the sidecar, BadInput naming adapter and base when a module is missing or of another shape."""
-    from safetensors.torch import load_file
+    """sample.py's adapters, dict(path, scale[, sha256: a sidecar's]), against the base's state dict before the encoders
+    load -> with the file's sha256. BadInput naming adapter and base when a module is missing or of another shape."""
     found = []
-    for folder, scale in adapters:
-        file = os.path.join(folder, "adapter_model.safetensors")
-        if not os.path.isfile(file) or not os.path.isfile(os.path.join(folder, "adapter_config.json")):
-            raise BadInput(f"--lora {folder}: no adapter_config.json and adapter_model.safetensors there: give a folder "
-                           "that train.py or lora.py wrote")
+    for a in adapters:
+        folder, file = a["path"], os.path.join(a["path"], "adapter_model.safetensors")
+        digest = sha256(file)  # (a folder without it: FileNotFoundError, one line naming the file)
+        if a.get("sha256", digest) != digest:
+            raise BadInput(f"--lora {folder}: another adapter than the sidecar's (sha256): put the original back")
         for key, t in load_file(file).items():
             module, part = key.removeprefix(PREFIX).rsplit(".lora_", 1)
-            w = base_sd.get(module + ".weight")
-            dim = 0 if part.startswith("B") else 1
+            w, dim = base_sd.get(module + ".weight"), int(part.startswith("A"))  # A (r, in), B (out, r)
             if w is None or w.ndim != 2 or w.shape[dim] != t.shape[dim]:
                 raise BadInput(f"--lora {folder}: an adapter of another base than {base_name} ({module} "
-                               f"{'missing' if w is None else tuple(w.shape)} vs lora_{part} {tuple(t.shape)}): give "
-                               "the base it was trained on (its README.md names it)")
-        found.append(dict(path=os.path.abspath(folder), sha256=sha256(file), scale=scale))
+                               f"{w if w is None else tuple(w.shape)} vs lora_{part} {tuple(t.shape)}): use its base")
+        found.append(dict(path=os.path.abspath(folder), sha256=digest, scale=a["scale"]))
     return found
 
 
@@ -84,13 +82,11 @@ def merge(model, adapters):
     """Fold each adapter, times its scale, into the weights with peft (PeftModel.from_pretrained, merge_and_unload):
     plain Linears again, no per-step cost. adapters: check()'s dicts."""
     from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
+    from peft.helpers import rescale_adapter_scale
     for a in adapters:
         wrapped = PeftModel.from_pretrained(model, a["path"])
-        for m in wrapped.modules():
-            if isinstance(m, LoraLayer):
-                m.scale_layer(a["scale"])
-        model = wrapped.merge_and_unload()
+        with rescale_adapter_scale(wrapped, a["scale"]):  # (scale 0: W + 0, the base bit for bit)
+            model = wrapped.merge_and_unload()
     return model
 
 

@@ -277,13 +277,9 @@ def main():
         raise BadInput(f"{weights}: sha256 {digest[:12]}.. is not the {expected_sha[:12]}.. of {args.from_json}: "
                        "these are other weights; put the original file at its path")
     meta = dict(weights=dict(name=name, path=os.path.abspath(weights), sha256=digest))
-    given = [(m[1], float(m[2])) if (m := re.fullmatch(r"(.+):([-+]?\d*\.?\d+(e[-+]?\d+)?)", a, re.I)) else (a, 1.0)
-             for a in args.lora or []]  # PATH or PATH:SCALE
-    found = lora.check([(a["path"], a["scale"]) for a in adapters] or given, state, name)
-    bad = [a for a, f in zip(adapters, found) if a["sha256"] != f["sha256"]]
-    if bad:
-        raise BadInput(f"--lora {bad[0]['path']}: not the adapter of {args.from_json} (another sha256): put it back")
-    meta |= dict(lora=found) if found else {}
+    given = [dict(path=m[1], scale=float(m[2])) if (m := re.fullmatch(r"(.+):([-+]?\d*\.?\d+(e[-+]?\d+)?)", a, re.I))
+             else dict(path=a, scale=1.0) for a in args.lora or []]  # PATH or PATH:SCALE
+    meta["lora"] = lora.check(adapters or given, state, name)  # (--from_json: their sha256 checked too)
 
     device = ctx.device
     dtype = run_dtype(cfg["dtype"], device, log)
@@ -294,7 +290,7 @@ def main():
         model_max_length=text_encoder.model_max_length, dtype=dtype)
     load_weights(model, state, weights)
     del state
-    model = lora.merge(model, found)  # in fp32, before the cast: no per-step cost
+    model = lora.merge(model, meta["lora"])  # in fp32, before the cast: no per-step cost
     model = model.to(device, dtype).eval()
     if ctx.sp_size > 1:
         parallel.enable_sequence_parallel(model, ctx.sp_group)

@@ -139,10 +139,9 @@ def main(argv):
     # ------------------------------------------------------------------------- resume
     step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
     if cfg["load"]:
-        was, now = ckpt.get("base") or {}, base or {}  # adapters resume on the base they were trained on only
-        if was.get("sha256") != now.get("sha256"):
-            raise BadInput(f"--load {load_path}: trained on the base {was.get('name', 'none (full training)')}, not "
-                           f"{now.get('name', 'none (full training)')}: resume with the same model.from_pretrained and lora")
+        if (ckpt.get("base") or {}).get("sha256") != (base or {}).get("sha256"):  # adapters go on their own base
+            raise BadInput(f"--load {load_path}: trained on base {ckpt.get('base')}, not {base} (None: full training): use "
+                           "its model.from_pretrained and lora")
         if not base:
             fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
             model.load_state_dict(ckpt["model"])
@@ -241,15 +240,13 @@ def main(argv):
         writer.close()
 
     # ------------------------------------------------------------------------- samples at the end
-    adapters = opt.full("master") if base else None  # (every rank takes part)
-    if ctx.is_main and base:
+    if base and (adapters := opt.full("master")) is not None:  # (every rank takes part in the gather; rank 0 writes)
         log(f"adapter: {lora.export(adapters, cfg['lora'], base, os.path.join(run_dir, 'lora'))}")
     ema_sd = ema_state_dict() if cfg["eval_prompts"] and not base else None
-    if ctx.is_main and (ema_sd or base and cfg["eval_prompts"]):
-        ema = build_model(cfg["model"] | (dict() if base else dict(from_pretrained=None)), **model_args)
-        if base:  # the base, and the adapters folded into its weights as sample.py does
-            ema = lora.merge(ema, [dict(path=os.path.join(run_dir, "lora"), scale=1.0)])
-        else:
+    if ctx.is_main and cfg["eval_prompts"]:  # LoRA: the base, the adapters folded into its weights as sample.py does
+        ema = build_model(cfg["model"] | ({} if base else dict(from_pretrained=None)), **model_args)
+        ema = lora.merge(ema, [dict(path=os.path.join(run_dir, "lora"), scale=1.0)]) if base else ema
+        if ema_sd:
             ema.load_state_dict(ema_sd)
         ema = ema.to(device).eval()
         text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
