@@ -2256,7 +2256,7 @@ def test_lora_export_reloads_with_peft_and_equals_merged(tmp_path):
     with torch.no_grad():
         want = model.eval()(x, t, y, mask)
         peft_out = PeftModel.from_pretrained(tiny_stdit(), folder).eval()(x, t, y, mask)
-        found = lora.check([(folder, 1.0)], base.state_dict(), path)
+        found = lora.check([dict(path=folder, scale=1.0)], base.state_dict(), path)
         merged = lora.merge(tiny_stdit(), found).eval()
         got = merged(x, t, y, mask)
         zero = lora.merge(tiny_stdit(), [dict(found[0], scale=0.0)])
