@@ -38,6 +38,7 @@ import attention_kernel
 import data
 import diffusion
 import layers
+import lora
 import model as stdit
 import parallel
 import sample
@@ -149,12 +150,12 @@ def latent_size(args, frames, size):
     return vaes.latent_size((frames, size, size), vaes.VideoAutoencoderKL.down_sampling(TINY_VAE if args.tiny else SD_VAE))
 
 
-def build_encoders(args, device, dtype):
+def build_encoders(args, device, dtype, t5_dtype=None):
     with on(device):
         vae = vaes.VideoAutoencoderKL(from_pretrained=None, config=TINY_VAE if args.tiny else SD_VAE, dtype=dtype,
                                       device=device, micro_batch_size=args.vae_micro_batch)
         t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
-                            device=device, dtype=dtype)
+                            device=device, dtype=t5_dtype or dtype)
     if not args.plain and args.compile:  # as train.py
         vae.compile_encoder()
     return vae, t5
@@ -174,6 +175,8 @@ def build(args, latent, device, dtype, train, fast, row=None):
         m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=caption, model_max_length=120,
                               dtype=dtype)
     m = m.to(device, dtype).train(train)
+    if args.lora and train:  # fine-tuning: rank-r adapters on the frozen random weights, as train.py's lora
+        lora.add(m, dict(lora.DEFAULTS, r=args.lora))
     if args.ctx.sp_size > 1:  # as train.py: Ulysses, eager
         parallel.enable_sequence_parallel(m, args.ctx.sp_group)
     elif fast and args.compile:  # as train.py and sample.py
@@ -272,11 +275,9 @@ def memory_row(args, row, device):
     cfg = load_config(row["config"], ["--batch_size=1", *row.get("overrides", [])])
     frames = cfg["vae"].get("micro_batch_size") if row.get("vae_micro") is None else row["vae_micro"]
     dtype = run_dtype(cfg["dtype"], device)
+    vae, t5 = build_encoders(argparse.Namespace(**dict(vars(args), plain=True, vae_micro_batch=frames)), device, dtype,
+                             DTYPES[row.get("t5", "fp32")])  # (plain: the VAE's encoder, unused here, not compiled)
     with on(device):
-        vae = vaes.VideoAutoencoderKL(from_pretrained=None, config=TINY_VAE if args.tiny else SD_VAE, dtype=dtype,
-                                      device=device, micro_batch_size=frames)
-        t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
-                            device=device, dtype=DTYPES[row.get("t5", "fp32")])
         model = stdit.build_model(cfg["model"] | dict(from_pretrained=None, **TINY_MODEL if args.tiny else {}),
                                   input_size=vae.get_latent_size((cfg["num_frames"], *cfg["image_size"])),
                                   in_channels=4, caption_channels=t5.output_dim, model_max_length=120, dtype=dtype)
@@ -338,8 +339,7 @@ def check(args, device):
         m.y_embedder.dropout_prob = 0.0
     x, t = torch.randn(B, 4, *latent, device=device), torch.tensor([10.0, 990.0], device=device)
     y = torch.randn(B, 1, 120, args.caption_channels, device=device)
-    mask = torch.zeros(B, 120, dtype=torch.long, device=device)
-    mask[0, :120], mask[1, :37] = 1, 1
+    mask = (torch.arange(120, device=device) < torch.tensor([[120], [37]], device=device)).long()  # 120 and 37 tokens
     results = {}
     for name, m in (("fp32", ref), ("plain", plain), ("fast", fast)):
         set_path(name == "fast")
@@ -475,6 +475,8 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke test)")
     parser.add_argument("--profile", help="a row to profile (top kernels) after the table")
     parser.add_argument("--profile_ckpt", type=int, default=28, help="checkpointed blocks in the profiled row")
+    parser.add_argument("--lora", type=int, default=0, help="R > 0: the train rows fine-tune LoRA adapters of rank R "
+                        "(TFLOP/s, MFU still count full training's backward)")
     parser.add_argument("--sp_size", type=int, default=1, help="under torchrun: Ulysses sequence-parallel group size")
     parser.add_argument("--losses", type=int, default=0, help="N: the loss curve of N steps of the first row instead")
     parser.add_argument("--losses_out", help="--losses: write the losses here, one a line")
@@ -574,7 +576,7 @@ def main():
         log("\nsampling stages (sample.generate: T5, the diffusion model, the VAE; seconds and peak GPU memory)")
         log("\n".join(stages))
     log(f"torch {torch.__version__}, {ctx.world_size} x {torch.cuda.get_device_name() if cuda else 'cpu'} (dp "
-        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path, bf16 ceiling {ceiling:.0f} "
+        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path{f', LoRA r{args.lora}' * bool(args.lora)}, bf16 ceiling {ceiling:.0f} "
         f"TFLOP/s, {time.strftime('%Y-%m-%d')}")
     if args.profile:
         profile(args, args.profile, vae, t5, device, dtype)

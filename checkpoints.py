@@ -7,6 +7,7 @@ and our training checkpoints (written atomically, old ones pruned, the newest th
 Every file is read with torch.load(weights_only=True) or safetensors: tensors and plain containers, never pickled code.
 A file that cannot be used raises BadInput naming it and why.
 """
+import hashlib
 import os
 import re
 import socket
@@ -93,6 +94,15 @@ def newest_that_loads(path, read):
 
 
 # ----------------------------------------------------------------------------- reading
+def sha256(path):
+    """A file's sha256 (hex): the sidecars and LoRA checkpoints name the weights by it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def torch_load(path):
     """torch.load with weights_only=True (tensors and plain containers: a pickle that would run code is refused)."""
     if os.path.getsize(path) == 0:

@@ -21,6 +21,7 @@ import tempfile
 import traceback
 
 import diffusion
+import lora
 import model
 import stepcache
 import text
@@ -44,6 +45,7 @@ DEFAULTS = dict(
     wandb=False, tensorboard=False, epochs=1000, max_steps=None, log_every=10, ckpt_every=1000,
     load=None, batch_size=8, lr=2e-5, grad_clip=1.0, weight_decay=0.0, ema_decay=0.9999,
     max_bad_steps=10, keep_last=None,
+    lora=None,  # a dict of lora.DEFAULTS' keys: train LoRA adapters on the frozen model.from_pretrained (lora.py)
     # sampling (prompt, a string or a list, comes before prompt_path as in v1.0)
     fps=8, prompt_path=None, prompt=None, save_dir="samples", ckpt=None, eval_prompts=None,
     multi_resolution=False,  # PixArtMS: the image size and aspect ratio go into the model (v1.0's key)
@@ -104,7 +106,7 @@ def load_config(path, overrides=(), loaded=None):
     for key, value in loaded.items():
         if key not in DEFAULTS:
             raise BadInput(f"{path}: {unknown(key, DEFAULTS)}: fix or remove it (known keys: config.DEFAULTS)")
-        cfg[key] = value
+        cfg[key] = dict(lora.DEFAULTS, **value) if key == "lora" and isinstance(value, dict) else value
     for arg in overrides:
         if not arg.startswith("--") or "=" not in arg:
             raise BadInput(f"override '{arg}' must look like --key=value or --model.depth=2")
@@ -112,6 +114,8 @@ def load_config(path, overrides=(), loaded=None):
         *parents, leaf = key.split(".")
         node = cfg
         for i, p in enumerate(parents):
+            if node is cfg and p == "lora" and cfg["lora"] is None:  # --lora.r=8 turns LoRA on, the rest as DEFAULTS
+                cfg["lora"] = dict(lora.DEFAULTS)
             if not isinstance(node.get(p), dict):
                 raise BadInput(f"override --{key}: '{'.'.join(parents[:i + 1])}' is not a dict in {path}")
             node[p] = dict(node[p])  # a copy: never mutate the file's dicts
@@ -175,6 +179,12 @@ def validate(cfg, command, run_dir=None):
     need(command == "sample" or cfg["plugin"] in ("zero2", "zero2-seq") and (cfg["plugin"] == "zero2") ==
          (cfg["sp_size"] == 1), "plugin", f"with sp_size={cfg['sp_size']}: use plugin='zero2' (ZeRO-2) with sp_size=1, "
          "or plugin='zero2-seq' (ZeRO-2 + Ulysses sequence parallelism) with sp_size > 1")
+    a = cfg["lora"]
+    need(a is None or isinstance(a, dict) and set(a) == set(lora.DEFAULTS) and type(a["r"]) is int and a["r"] >= 1 and
+         number(a["alpha"]) and a["alpha"] > 0 and number(a["dropout"]) and 0 <= a["dropout"] < 1, "lora", "give None "
+         f"(full fine-tuning) or a dict of {', '.join(lora.DEFAULTS)}: r >= 1 (whole), alpha > 0, dropout in [0, 1)")
+    need(not a or command != "train" or cfg["model"].get("from_pretrained"), "model.from_pretrained", "LoRA adapts "
+         "a base: set it to the base weights (a released file or a run folder of train.py)")
     for key in ("eval_prompts", "prompt"):
         prompts = [cfg[key]] if key == "prompt" and isinstance(cfg[key], str) else cfg[key]
         need(prompts is None or type(prompts) in (list, tuple) and all(isinstance(p, str) and p for p in prompts),

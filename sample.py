@@ -36,9 +36,10 @@ import time
 import torch
 from tqdm import tqdm
 
+import lora
 import parallel
 import stepcache
-from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights
+from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights, sha256
 from config import DEFAULTS, load_config, validate
 from diffusion import apply_mask_strategy, build_scheduler, parse_mask_strategy, randn
 from errors import BadInput, one_line_errors, run_dtype, sweep, write_atomic
@@ -218,14 +219,6 @@ def write_json(path, obj):
     write_atomic(path, json.dumps(obj, indent=1, default=str))
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tuples(x):
     """JSON's lists back to the tuples a config file writes ((256, 256), patch_size (1, 2, 2))."""
     if isinstance(x, dict):
@@ -250,6 +243,7 @@ FLAGS = {  # our name: (v1.0's spelling, type, help); every flag also takes '-' 
     "mask_strategy": ("mask-strategy", str, "per prompt: v1.1's loop,ref_id,ref_start,target_start,length,edit_ratio"),
     "loop": (None, int, "long videos: loops, each conditioned on the loop before"),
     "condition_frame_length": ("condition-frame-length", int, "--loop: the latent frames passed on"),
+    "lora": (None, str, "a LoRA folder (train.py's RUN/lora), PATH:SCALE to scale it; repeatable, merged once"),
     "from_json": (None, str, "a sidecar: sample its video again")}
 
 
@@ -264,7 +258,8 @@ def parse_args(argv):
     for key, (v1, kind, what) in FLAGS.items():
         spellings = sorted({f"--{key}", f"--{key.replace('_', '-')}"} | ({f"--{v1}"} if v1 else set()))
         names |= set(spellings)
-        parser.add_argument(*spellings, dest=key, type=kind, help=what, action="append" if key == "prompt" else "store",
+        parser.add_argument(*spellings, dest=key, type=kind, help=what,
+                            action="append" if key in ("prompt", "lora") else "store",
                             nargs="+" if key in ("reference_path", "mask_strategy") else None)  # (one per prompt)
     parser.add_argument("--overwrite", action="store_true", help="replace existing videos of the same name")
     parser.add_argument("--skip_existing", "--skip-existing", action="store_true", help="go on after a stopped run: "
@@ -291,7 +286,7 @@ def parse_args(argv):
 def read_sidecar(args, overrides):
     """--from_json FILE: the config, prompt, seed and weights a video was made with (its sha256 checked)."""
     given = [k for k in ("config", "prompts", "prompt", "prompt_path", "ckpt", "seed", "num_sampling_steps",
-                         "cfg_scale") if getattr(args, k) not in (None, [])]
+                         "cfg_scale", "lora") if getattr(args, k) not in (None, [])]
     if overrides or given:
         raise BadInput(f"--from_json takes the config, prompt, seed, sampler and weights from the file, not "
                        f"{(overrides or given)[0]}: beside it give only --save_dir, --overwrite, --sp_size or --cache")
@@ -306,7 +301,7 @@ def read_sidecar(args, overrides):
         raise BadInput(f"--from_json {args.from_json}: not a sample.py sidecar ({type(e).__name__}: {e})") from e
     cfg = load_config(args.from_json, loaded=config) | fields
     cfg.update(prompt_path=None, ckpt=ckpt, save_dir=DEFAULTS["save_dir"])
-    return cfg, weights["sha256"]
+    return cfg, weights["sha256"], side.get("lora", [])
 
 
 def read_prompts(path, key):
@@ -322,11 +317,11 @@ def read_prompts(path, key):
 
 
 def configure(args, overrides):
-    """The parsed command line -> (cfg, where it came from, the sha256 a sidecar expects): every check that needs no
-    model, shared by app.py."""
-    expected_sha = None
+    """The parsed command line -> (cfg, where it came from, what the weights must be: the sha256 a sidecar expects and
+    the LoRA adapters): every check that needs no model, shared by app.py."""
+    expected_sha, adapters = None, []
     if args.from_json:
-        cfg, expected_sha = read_sidecar(args, overrides)
+        cfg, expected_sha, adapters = read_sidecar(args, overrides)
         where = args.from_json
     else:
         where = args.config or os.path.join(HERE, "configs/opensora/inference/16x256x256.py")
@@ -342,19 +337,22 @@ def configure(args, overrides):
     cfg[sched] = dict(cfg[sched], **flags) if flags and isinstance(cfg[sched], dict) else cfg[sched]
     validate(cfg, "sample")
     sweep(os.path.join(glob.escape(cfg["save_dir"]), "*"))  # the temp files of a killed run
-    return cfg, where, expected_sha
+    given = [dict(path=m[1], scale=float(m[2])) if (m := re.fullmatch(r"(.+):([-+]?\d*\.?\d+(e[-+]?\d+)?)", a, re.I))
+             else dict(path=a, scale=1.0) for a in args.lora or []]  # PATH or PATH:SCALE
+    return cfg, where, dict(sha256=expected_sha, lora=adapters or given)
 
 
-def build(cfg, ctx, log=print, expected_sha=None, source=None):
+def build(cfg, ctx, log=print, expected=None, source=None):
     """The weights (checked first: a failed download or a bad file must not wait until T5-XXL has loaded), then the
     VAE, the text encoder and the model -> (model, vae, text_encoder, dtype, meta); app.py builds the same way."""
     name = cfg["ckpt"] or cfg["model"]["from_pretrained"]
     weights, state = newest_that_loads(resolve_weights(name), read_weights)
-    digest = sha256(weights)
+    digest, expected_sha = sha256(weights), (expected or {}).get("sha256")
     if expected_sha and digest != expected_sha:
         raise BadInput(f"{weights}: sha256 {digest[:12]}.. is not the {expected_sha[:12]}.. of {source}: "
                        "these are other weights; put the original file at its path")
     meta = dict(weights=dict(name=name, path=os.path.abspath(weights), sha256=digest))
+    meta["lora"] = lora.check((expected or {}).get("lora", []), state, name)  # (--from_json: their sha256 checked too)
     device = ctx.device
     dtype = run_dtype(cfg["dtype"], device, log)
     vae = build_vae(cfg["vae"], device=device, dtype=dtype)
@@ -364,6 +362,7 @@ def build(cfg, ctx, log=print, expected_sha=None, source=None):
         model_max_length=text_encoder.model_max_length, dtype=dtype)
     load_weights(model, state, weights)
     del state
+    model = lora.merge(model, meta["lora"])  # in fp32, before the cast: no per-step cost
     model = model.to(device, dtype).eval()
     if ctx.sp_size > 1:
         parallel.enable_sequence_parallel(model, ctx.sp_group)
@@ -376,7 +375,7 @@ def build(cfg, ctx, log=print, expected_sha=None, source=None):
 
 def main():
     args, overrides = parse_args(sys.argv[1:])
-    cfg, where, expected_sha = configure(args, overrides)
+    cfg, where, expected = configure(args, overrides)
     prompts = args.prompts + (args.prompt or []) + read_prompts(args.prompt_path, "--prompt_path")
     if not prompts and cfg["prompt"]:  # the config's prompts only when the command line gives none (as v1.0)
         prompts = [cfg["prompt"]] if isinstance(cfg["prompt"], str) else list(cfg["prompt"])
@@ -387,7 +386,7 @@ def main():
     conditions = read_conditions(cfg, prompts)  # (checked before any model loads)
     ctx = parallel.setup(cfg["sp_size"])  # torchrun: the prompts split over the data-parallel ranks
     log = print if ctx.is_main else (lambda *a, **k: None)
-    model, vae, text_encoder, dtype, meta = build(cfg, ctx, log, expected_sha, args.from_json)
+    model, vae, text_encoder, dtype, meta = build(cfg, ctx, log, expected, args.from_json)
     mine = [k for k in range(ctx.dp_rank, len(prompts), ctx.dp_size) if not args.skip_existing or not os.path.exists(
         os.path.join(cfg["save_dir"], video_name(prompts[k], cfg["seed"] + k) + ".json"))]  # (written after its video)
     for path in generate(cfg, model, vae, text_encoder, [prompts[k] for k in mine], [cfg["seed"] + k for k in mine],

@@ -34,6 +34,7 @@ import errors  # noqa: E402
 import video as vio  # noqa: E402
 import diffusion  # noqa: E402
 import layers as L  # noqa: E402
+import lora  # noqa: E402
 import model as M  # noqa: E402
 import parallel  # noqa: E402
 import prepare  # noqa: E402
@@ -176,6 +177,15 @@ def tiny_run(tmp_path_factory):
     """6 uninterrupted steps (checkpoints at 3 and 6) of the demo config at toy size."""
     tmp = tmp_path_factory.mktemp("train")
     run_train(tmp, "--max_steps=6", "--ckpt_every=3", f"--outputs={tmp}/a")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def tiny_lora_run(tiny_run):
+    """4 steps (checkpoints at 2 and 4) of rank-4 LoRA adapters on tiny_run's model; the adapter exported to lora/."""
+    tmp = tiny_run
+    run_train(tmp, "--max_steps=4", "--ckpt_every=2", "--lora.r=4", f"--model.from_pretrained={tmp}/a/shapes",
+              "--lr=1e-2", f"--outputs={tmp}/la")
     return tmp
 
 
@@ -2452,6 +2462,78 @@ def test_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):
     assert len(data.read_csv(str(tmp_path / "toy.csv"))) == 1
 
 
+# ============================================================================= lora.py: adapters on a frozen base, peft's format, merging
+LORA = dict(lora.DEFAULTS, r=4, alpha=8)
+ONE_RANK = types.SimpleNamespace(dp_size=1, dp_rank=0)
+
+
+def lora_base(tmp_path):
+    """A tiny STDiT with every weight nonzero (tiny_stdit) saved as the base file -> (path, the model)."""
+    base = tiny_stdit()
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    return str(tmp_path / "base.pt"), base
+
+
+def lora_trained(ctx, base_path, steps=3):
+    """The tiny STDiT on base_path with LORA's adapters after `steps` ZeroAdamW steps -> (model, base info)."""
+    torch.manual_seed(0)  # the adapters' init: the same on every rank
+    model = STDiT(**TINY_ST)
+    info = lora.add(model, LORA, base_path)
+    opt = parallel.ZeroAdamW(model.named_parameters(), **OPT)
+    zero_steps(model, opt, ctx, steps)
+    return model, info
+
+
+def _lora_rank(ctx, base_path):
+    model, _ = lora_trained(ctx, base_path)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_lora_trains_only_adapters_base_bit_identical(tmp_path):
+    path, base = lora_base(tmp_path)
+    model, info = lora_trained(ONE_RANK, path)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(trained) == 2 * 9 * TINY_ST["depth"] and all(".lora_" in n for n in trained)  # A, B of 9 linears
+    assert info["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    frozen = {n.replace(".base_layer", ""): v for n, v in model.state_dict().items() if ".lora_" not in n}
+    assert frozen.keys() == base.state_dict().keys()
+    assert all(torch.equal(v, base.state_dict()[n]) for n, v in frozen.items())  # the base: bit-identical
+    torch.manual_seed(0)
+    lora.add(init := STDiT(**TINY_ST), LORA, path)
+    start = dict(init.named_parameters())
+    assert all(not torch.equal(p, start[n]) for n, p in trained.items())  # every adapter moved (B from zero)
+
+
+def test_lora_export_reloads_with_peft_and_equals_merged(tmp_path):
+    from peft import PeftModel
+    path, base = lora_base(tmp_path)
+    model, info = lora_trained(ONE_RANK, path)
+    folder = lora.export({n: p for n, p in model.named_parameters() if p.requires_grad}, LORA, info, tmp_path / "a")
+    assert sorted(os.listdir(folder)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert info["sha256"] in open(folder / "README.md").read()
+    x, t, y, mask, _ = tiny_batch(0)
+    with torch.no_grad():
+        want = model.eval()(x, t, y, mask)
+        peft_out = PeftModel.from_pretrained(tiny_stdit(), folder).eval()(x, t, y, mask)
+        found = lora.check([dict(path=folder, scale=1.0)], base.state_dict(), path)
+        merged = lora.merge(tiny_stdit(), found).eval()
+        got = merged(x, t, y, mask)
+        zero = lora.merge(tiny_stdit(), [dict(found[0], scale=0.0)])
+    print(f"LoRA: peft's reload vs trained {rel_err(peft_out, want):.1e}, merged vs trained {rel_err(got, want):.1e}")
+    assert rel_err(peft_out, want) < 1e-6 and rel_err(got, want) < 1e-6 and rel_err(want, base(x, t, y, mask)) > 1e-3
+    assert merged.state_dict().keys() == base.state_dict().keys()
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in zero.state_dict().items())  # scale 0: bit for bit
+
+
+def test_lora_zero2_two_ranks_equals_one_rank(tmp_path):
+    path, _ = lora_base(tmp_path)
+    one = _lora_rank(ONE_RANK, path)
+    for r, two in enumerate(spawn(_lora_rank, 2, tmp_path, path)):
+        err = max(rel_err(two[n], one[n]) for n in one)
+        print(f"LoRA ZeRO-2 rank {r}/2 vs 1 rank, 3 steps: adapters {err:.1e}")
+        assert two.keys() == one.keys() and err < 1e-5
+
+
 # ============================================================================= config.py: loading, overrides, validation (and the builders' type checks it relies on)
 def test_build_unknown_types():
     with pytest.raises(BadInput, match=r"vae.type='VideoVAE': give one of VideoAutoencoderKL.*identity"):
@@ -2535,6 +2617,21 @@ batch_size = 8
 lr = 2e-5
 grad_clip = 1.0
 '''
+
+
+def test_lora_config_key_and_overrides(tmp_path):
+    shapes = str(ROOT / "configs/shapes.py")
+    assert load_config(shapes)["lora"] is None  # full fine-tuning, as before
+    assert load_config(shapes, ["--lora.r=8"])["lora"] == dict(lora.DEFAULTS, r=8)  # on, the rest as DEFAULTS
+    (tmp_path / "c.py").write_text(f"exec(open({shapes!r}).read())\nlora = dict(r=2)\n")
+    assert load_config(str(tmp_path / "c.py"), ["--lora.dropout=0.1"])["lora"] == dict(lora.DEFAULTS, r=2, dropout=0.1)
+    assert load_config(str(tmp_path / "c.py"), ["--lora=None"])["lora"] is None
+    for override, message in [("--lora.rank=8", "'rank' is not a key of lora"), ("--lora.r=0", "'r': 0, .*r >= 1"),
+                              ("--lora.dropout=1", "'dropout': 1, .*dropout in"), ("--lora.alpha=-1", "'alpha': -1, ")]:
+        with pytest.raises(BadInput, match=message):
+            validate(load_config(str(tmp_path / "c.py"), [override]), "train", str(tmp_path / "run"))
+    with pytest.raises(BadInput, match="model.from_pretrained=None: LoRA adapts a base"):
+        validate(load_config(shapes, ["--lora.r=8", f"--data_path={tmp_path}/d/train.csv"]), "train", str(tmp_path))
 
 
 def test_config_open_sora_v1_file(tmp_path):
@@ -3151,6 +3248,40 @@ def test_app_in_a_real_browser(app_server, tmp_path):
     assert (tmp_path / "app.png").stat().st_size > 10000
 
 
+def test_lora_sample_scale_zero_equals_no_adapter_recorded_and_from_json(tiny_lora_run):
+    """--lora FOLDER:0 gives the video of no adapter bit for bit; the sidecar names the adapter (path, sha256, scale)
+    and --from_json samples with it again; --lora FOLDER (scale 1) changes the video."""
+    tmp, folder = tiny_lora_run, tiny_lora_run / "la/shapes/lora"
+    args = [str(ROOT / "sample.py"), str(ROOT / "configs/shapes.py"), "--ckpt", f"{tmp}/a/shapes", "--seed=5",
+            "a red circle moving right", "--model.depth=1", "--model.hidden_size=32",
+            "--sample_scheduler.num_sampling_steps=3",
+            "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}"]
+    videos = {}
+    for name, extra in [("none", []), ("zero", ["--lora", f"{folder}:0"]), ("one", ["--lora", str(folder)]),
+                        ("again", None)]:
+        cmd = args + extra if extra is not None else [str(ROOT / "sample.py"), "--from_json", videos["one"][:-4] + ".json"]
+        out = subprocess.run([sys.executable, *cmd, "--save_dir", f"{tmp}/lora_{name}"], cwd=tmp, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        videos[name] = out.stdout.split()[-1]
+    frames = {k: vio.read_video(v).astype(int) for k, v in videos.items()}
+    assert np.array_equal(frames["zero"], frames["none"]) and np.array_equal(frames["again"], frames["one"])
+    assert not np.array_equal(frames["one"], frames["none"])
+    sha = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes()).hexdigest()
+    for name, scale in (("zero", 0.0), ("one", 1.0), ("again", 1.0)):
+        assert json.load(open(videos[name][:-4] + ".json"))["lora"] == [dict(path=str(folder), sha256=sha, scale=scale)]
+
+
+def test_lora_sample_wrong_base_one_line_before_encoders(tiny_lora_run, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+    folder = tiny_lora_run / "la/shapes/lora"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(192, 64)}, tmp_path / "other.safetensors")
+    message = run_sample_main(monkeypatch, "shapes", "--ckpt", str(tmp_path / "other.safetensors"), "--lora", str(folder))
+    assert f"--lora {folder}: an adapter of another base than {tmp_path}/other.safetensors" in message
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):  # (one line: errors.one_line_errors)
+        run_sample_main(monkeypatch, "shapes", "--ckpt", str(tmp_path / "other.safetensors"), "--lora", str(tmp_path))
+
+
 # ============================================================================= train.py: resume, stops, logging, torchrun
 TINY_TRAIN = ["--make_shapes=32", "--batch_size=8", "--model.depth=1", "--model.hidden_size=32", "--log_every=1",
               "--text_encoder.config={'d_model': 16, 'd_kv': 8, 'd_ff': 32, 'num_layers': 1, 'num_heads': 2}",
@@ -3289,6 +3420,25 @@ def test_reliab_10_a_checkpoint_of_another_size_is_refused_before_the_encoders(t
     assert out.stdout == "" and not os.path.exists(tmp / "new_cache")
 
 
+def test_lora_train_resume_exact_and_checkpoints_hold_adapters(tiny_lora_run):
+    tmp, base = tiny_lora_run, tiny_lora_run / "a/shapes/step0000006.pt"  # the base: tiny_run's newest
+    lora_args = ["--lora.r=4", f"--model.from_pretrained={tmp}/a/shapes", "--lr=1e-2", "--ckpt_every=2"]
+    run_train(tmp, "--max_steps=2", *lora_args, f"--outputs={tmp}/lb")
+    run_train(tmp, "--max_steps=4", *lora_args, f"--outputs={tmp}/lb", f"--load={tmp}/lb/shapes")
+    a, b = losses(tmp / "la/shapes"), losses(tmp / "lb/shapes")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4] and a == b  # bit-identical on CPU
+    ckpt, again = (torch.load(tmp / f"{r}/shapes/step0000004.pt", weights_only=True) for r in ("la", "lb"))
+    assert ckpt["base"]["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest() and ckpt["ema"] is None
+    assert all(".lora_" in k for k in ckpt["model"]) and set(ckpt["optimizer"]["exp_avg"]) == set(ckpt["model"])
+    assert all(torch.equal(ckpt["model"][k], again["model"][k]) for k in ckpt["model"])
+    size = os.path.getsize(tmp / "la/shapes/lora/adapter_model.safetensors")
+    print(f"LoRA r=4 on the tiny demo model: adapter {size} B, checkpoint "
+          f"{os.path.getsize(tmp / 'la/shapes/step0000004.pt')} B, base {base.stat().st_size} B")
+    with pytest.raises(AssertionError, match="trained on the base .*a/shapes, not .*step0000003.pt"):
+        run_train(tmp, "--max_steps=6", *lora_args[:1], f"--model.from_pretrained={tmp}/a/shapes/step0000003.pt",
+                  f"--outputs={tmp}/lb", f"--load={tmp}/lb/shapes")
+
+
 # ============================================================================= configs/: every config trains two steps and samples at toy size
 # ---- every config in configs/, at toy size: 2 training steps (train configs) and one sample, on the CPU ----
 CONFIGS = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.py"))
@@ -3322,7 +3472,7 @@ def tiny_overrides(cfg, tmp):
     if cfg["vae"]["type"] != "identity":
         args += ["--vae.from_pretrained=None",
                  "--vae.config={'block_out_channels': (16, 16), 'norm_num_groups': 4, 'layers_per_block': 1}"]
-    return args + (["--make_shapes=0", "--cache_dir=None"] if cfg["make_shapes"] else [])
+    return args + (["--make_shapes=0", "--cache_dir=None"] if cfg["cache_dir"] else [])
 
 
 def tiny_data(tmp, num_frames, size):
@@ -3348,7 +3498,8 @@ def test_every_config_trains_and_samples_at_toy_size(name, tmp_path, monkeypatch
     tiny_data(tmp_path, small["num_frames"], small["image_size"])
     prompts = ["1", "2"]
     if cfg["data_path"] is not None:  # a training config: 2 steps, then sample from the run folder
-        monkeypatch.setattr(sys, "argv", ["train.py", path, *args])
+        no_lora = ["--lora=None"] * bool(cfg["lora"])  # (no base here; LoRA on the toy: test_lora_train_resume_..)
+        monkeypatch.setattr(sys, "argv", ["train.py", path, *args, *no_lora])
         runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
         run = tmp_path / "outputs" / os.path.splitext(os.path.basename(name))[0]
         assert sorted(losses(run)) == [1, 2] and all(np.isfinite(list(losses(run).values())))

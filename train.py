@@ -15,6 +15,7 @@ import time
 import torch
 from tqdm import tqdm
 
+import lora
 import parallel
 import sample
 import toy
@@ -92,7 +93,7 @@ def main(argv):
         hold(run_dir)
     if cfg["load"]:  # read now, so that a bad file stops the run before the encoders load; a truncated one is skipped
         load_path, ckpt = newest_that_loads(cfg["load"], read_checkpoint)
-        if "model_args" in ckpt:  # and its shapes against the config's model, built on no memory (meta)
+        if "model_args" in ckpt and not ckpt.get("base"):  # its shapes against the config's model, on no memory (meta)
             with torch.device("meta"):
                 fit(ckpt["model"], build_model(cfg["model"] | dict(from_pretrained=None), **ckpt["model_args"]),
                     load_path)
@@ -134,7 +135,10 @@ def main(argv):
     model_args = dict(input_size=tuple(latent_size), in_channels=vae.out_channels,  # from the encoders, as v1.0
                       caption_channels=text_encoder.output_dim if text_encoder else read_meta(cfg)["caption_channels"],
                       model_max_length=cfg["text_encoder"].get("model_max_length"))
-    model = build_model(cfg["model"], **model_args, dtype=dtype).to(device, dtype).train()
+    # LoRA: the base loaded into the bf16 model, then the adapters (on its device and dtype), the only trainable part
+    model = build_model(cfg["model"] | (dict(from_pretrained=None) if cfg["lora"] else {}), **model_args, dtype=dtype)
+    model = model.to(device, dtype).train()
+    base = lora.add(model, cfg["lora"], cfg["model"]["from_pretrained"]) if cfg["lora"] else None
     model.grad_checkpointing = cfg["grad_checkpoint"]
     if cfg["compile"] and device.type == "cuda" and ctx.sp_size == 1:  # bench.py's fast path. CPU: eager; sequence
         model.compile_blocks()  # parallel: eager too (the all-to-all inside the blocks is not traced, nor tested compiled)
@@ -164,10 +168,15 @@ def main(argv):
     # ------------------------------------------------------------------------- resume
     step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
     if cfg["load"]:
-        fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
+        if (ckpt.get("base") or {}).get("sha256") != (base or {}).get("sha256"):  # adapters go on their own base
+            was, now = ((b or {}).get("name", "none (full training)") for b in (ckpt.get("base"), base))
+            raise BadInput(f"--load {load_path}: trained on the base {was}, not {now}: use its model.from_pretrained "
+                           "and lora")
+        if not base:
+            fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
+            model.load_state_dict(ckpt["model"])
+            opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
+        opt.load_state_dict(ckpt["optimizer"])  # (writes the master weights into the parameters: LoRA's adapters)
         step, epoch, start = ckpt["step"], ckpt["epoch"], ckpt["start"]
         torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
         if device.type == "cuda" and "cuda_rng" in ckpt:
@@ -184,7 +193,9 @@ def main(argv):
     def checkpoint():
         """Every rank takes part (the optimizer state is gathered); rank 0 writes, atomically."""
         rng = parallel.all_gather_object(torch.get_rng_state(), ctx.dp_group)
-        state = dict(model=model.state_dict(), ema=ema_state_dict(), optimizer=opt.state_dict(), step=step, epoch=epoch,
+        optimizer = opt.state_dict()  # LoRA: the adapters (fp32 master) and their optimizer only, a few MB, + the base
+        state = dict(model=(optimizer or {}).get("master") if base else model.state_dict(), base=base,
+                     ema=None if base else ema_state_dict(), optimizer=optimizer, step=step, epoch=epoch,
                      start=start, rng=rng, config=cfg, model_args=model_args)
         if device.type == "cuda":
             state["cuda_rng"] = parallel.all_gather_object(torch.cuda.get_rng_state(), ctx.dp_group)
@@ -224,8 +235,10 @@ def main(argv):
             # frame masks from (seed, step, rank) alone: a resumed run draws the same ones, SP peers too
             mask = frame_masks(cfg["mask_ratios"], len(x), x.shape[2], random.Random(f"{cfg['seed']}-{step}-"
                                f"{ctx.dp_rank}")).to(device) if cfg["mask_ratios"] else None
-            loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"], cfg["ema_decay"],
-                                         mask=mask)
+            # LoRA: no EMA (decay 0: the EMA is the weights), as Open-Sora 2.0: a fine-tune of a few hundred steps
+            # would mostly average in the zero-delta start, and the base already is an EMA
+            loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"],
+                                         0.0 if base else cfg["ema_decay"], mask=mask)
             start += cfg["batch_size"]
             step += 1
             if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
@@ -259,16 +272,20 @@ def main(argv):
         writer.close()
 
     # ------------------------------------------------------------------------- samples at the end
-    ema_sd = ema_state_dict() if cfg["eval_prompts"] else None
-    if ctx.is_main and ema_sd:
-        ema = build_model(cfg["model"] | dict(from_pretrained=None), **model_args)
-        ema.load_state_dict(ema_sd)
+    if base and (adapters := opt.full("master")) is not None:  # (every rank takes part in the gather; rank 0 writes)
+        log(f"adapter: {lora.export(adapters, cfg['lora'], base, os.path.join(run_dir, 'lora'))}")
+    ema_sd = ema_state_dict() if cfg["eval_prompts"] and not base else None
+    if ctx.is_main and cfg["eval_prompts"]:  # LoRA: the base, the adapters folded into its weights as sample.py does
+        ema = build_model(cfg["model"] | ({} if base else dict(from_pretrained=None)), **model_args)
+        ema = lora.merge(ema, [dict(path=os.path.join(run_dir, "lora"), scale=1.0)]) if base else ema
+        if ema_sd:
+            ema.load_state_dict(ema_sd)
         ema = ema.to(device).eval()
         text_encoder = text_encoder or build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
         prompts = list(cfg["eval_prompts"])
         for path in sample.generate(cfg, ema, vae, text_encoder, prompts, [cfg["seed"] + k for k in range(len(prompts))],
                                     os.path.join(run_dir, "samples"), device, dtype, dict(weights=dict(run=run_dir,
-                                    step=step, ema=True))):
+                                    step=step, ema=not base, base=base))):
             log(path)
     parallel.cleanup()
 
