@@ -1821,7 +1821,7 @@ def test_resize_crop_range_flip(tmp_path):
     assert 3 < sum(flipped) < 17
 
 
-def test_images_header_root(tmp_path):
+def test_images_header_root(tmp_path, monkeypatch):
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[..., 1] = 200
     write_png(tmp_path / "img.png", rgb)
@@ -1836,6 +1836,9 @@ def test_images_header_root(tmp_path):
     v = ds3[0]["video"]
     assert v.shape == (3, 3, 16, 16) and torch.equal(v[:, 0], v[:, 2])  # v1.0 repeats an image num_frames times
     assert ds3[1]["text"] == "video"
+    monkeypatch.chdir(tmp_path.parent)  # relative paths without root: from the CSV's folder, not the current one
+    assert data.read_csv(csv_path) == [(str(tmp_path / "img.png"), "green"), (str(tmp_path / "v.mp4"), "video")]
+    assert data.read_csv(csv_path, root="r")[0][0] == os.path.join("r", "img.png")
 
 
 def test_bad_rows_skipped_and_counted(tmp_path, capfd):
@@ -2426,7 +2429,7 @@ def test_sequence_parallel_stdit_dp2_sp2(tmp_path):
 
 
 # ============================================================================= toy.py: the toy set and its judge
-def test_shapes_and_judge(tmp_path):
+def test_toy_shapes_and_judge(tmp_path, monkeypatch):
     csv_path = toy.make_shapes(str(tmp_path / "shapes"), 32, seed=1)
     rows = data.read_csv(csv_path)
     assert sorted(c for _, c in rows) == sorted(toy.SHAPES_PROMPTS) and len(set(toy.SHAPES_PROMPTS)) == 32
@@ -2442,7 +2445,14 @@ def test_shapes_and_judge(tmp_path):
         assert not toy.judge_clip(np.zeros_like(frames), caption)["colour_ok"]  # nothing there
     video = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1  # the float (3, T, H, W) form
     assert toy.judge_clip(video, caption)["colour_ok"]
-    assert toy.judge_files(str(tmp_path / "shapes"))["both"] == 1.0
+    acc = toy.judge_files(str(tmp_path / "shapes"))
+    assert acc["both"] == acc["clean"] == 1.0
+    assert open(csv_path).read().startswith("00000.mp4,")  # paths relative to the CSV: the folder can move
+    monkeypatch.chdir(tmp_path.parent)
+    assert data.read_csv(csv_path)[0][0] == str(tmp_path / "shapes" / "00000.mp4")
+    ds = data.VideoDataset(csv_path, num_frames=4, frame_interval=5, image_size=(8, 8), flip=False)  # the demo's view
+    assert all(r["colour_ok"] and r["direction_ok"] and r["clean"]
+               for r in (toy.judge_clip(ds[i]["video"], ds[i]["text"]) for i in range(len(ds))))
     named = tmp_path / "named"
     vio.write_video(str(named / "a_red_circle_moving_right-seed0.mp4"), frames, 8)  # it is not a red circle
     assert toy.caption_from_name("x/a_red_circle_moving_right-seed0.mp4") == "a red circle moving right"
@@ -2451,7 +2461,27 @@ def test_shapes_and_judge(tmp_path):
     assert acc["n"] == 1 and acc["both"] == float(expected["colour_ok"] and expected["direction_ok"])
 
 
-def test_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):
+def test_toy_judge_is_strict():
+    """Clips a lenient judge (a vote of the pixels' colours, the first and last frame's centroids, no look at the
+    background) would pass: a red-and-green blob, a shape that jumps right and then goes left, speckles around it."""
+    frames = toy.shape_clip("red", "square", "right", np.random.default_rng(0))  # (16, 32, 32, 3) on black
+    assert toy.judge_clip(frames, "a red square moving right") | dict(colour="red", direction="right") == dict(
+        colour_ok=True, direction_ok=True, clean=True, colour="red", direction="right")
+    mixed, fg = frames.copy(), frames.max(-1) > 0
+    mixed[fg] = (255, 115, 0)  # each pixel nearer red than yellow...
+    mixed[:, ::3][fg[:, ::3]] = (0, 255, 0)  # ...and a third green: a vote says red, the mean is yellow
+    assert toy.judge_clip(mixed, "a red square moving right")["colour"] == "yellow"
+    back = frames[[0] + list(range(15, 0, -1))]  # the last frame right of the first, the motion leftwards
+    assert toy.judge_clip(back, "a red square moving right")["direction"] == "left"
+    speckled = frames.copy()
+    speckled[np.random.default_rng(1).random(fg.shape) < 0.05] = 90  # grey dots, dimmer than the shape
+    r = toy.judge_clip(speckled, "a red square moving right")
+    assert r["colour_ok"] and r["direction_ok"] and not r["clean"]
+    assert not toy.judge_clip(np.maximum(frames, 70), "a red square moving right")["clean"]  # a grey background
+    assert toy.judge_clip(np.maximum(frames, 60), "a red square moving right")["clean"]  # dark enough
+
+
+def test_toy_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):
     # a config's data_path may name any CSV file, also one in the current folder (data_path="toy.csv")
     path = toy.make_shapes(str(tmp_path / "s"), 2, num_frames=4, size=8, csv_name="val.csv")
     assert path == str(tmp_path / "s" / "val.csv")

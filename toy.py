@@ -2,7 +2,7 @@
 and the judge that reads colour and direction back from generated clips (prompt adherence, measured).
 
     python toy.py shapes data/shapes --num 512          # the toy set: mp4s + data/shapes/train.csv
-    python toy.py judge samples/shapes                  # colour / direction accuracy of toy clips
+    python toy.py judge samples/shapes                  # colour / direction accuracy, clean backgrounds
 """
 import argparse
 import os
@@ -48,40 +48,48 @@ def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
 
 
 def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8, csv_name="train.csv"):
-    """Write num toy clips (all 32 captions in turn, random positions and speeds) and out_dir/csv_name (absolute
-    paths, no header); return the CSV's path. For a config's data_path: out_dir = its folder, csv_name = its name."""
+    """Write num toy clips (all 32 captions in turn, random positions and speeds) and out_dir/csv_name (paths relative
+    to it, no header); return the CSV's path. For a config's data_path: out_dir = its folder, csv_name = its name."""
     rng = np.random.default_rng(seed)
     os.makedirs(out_dir or ".", exist_ok=True)  # data_path="train.csv": the current folder
     rows = []
     for n in range(num):
         caption = SHAPES_PROMPTS[n % len(SHAPES_PROMPTS)]
         _, colour, shape, _, direction = caption.split()
-        path = os.path.abspath(os.path.join(out_dir, f"{n:05d}.mp4"))
-        write_video(path, shape_clip(colour, shape, direction, rng, num_frames, size), fps)
-        rows.append((path, caption))
+        name = f"{n:05d}.mp4"  # relative to the CSV (data.read_csv)
+        write_video(os.path.join(out_dir, name), shape_clip(colour, shape, direction, rng, num_frames, size), fps)
+        rows.append((name, caption))
     return write_atomic(os.path.join(out_dir, csv_name), csv_text(rows))
 
 
-def judge_clip(frames, caption):
-    """Does a clip show the caption's colour and direction? frames: uint8 (T, H, W, 3) or float (3, T, H, W) in
-    [-1, 1]. Foreground: pixels whose brightest channel is >= 128 (the background is black). Colour: the pure
-    colour most foreground pixels are closest to (each pixel scaled to max 1). Direction: the dominant axis and sign
-    of the foreground centroid's move from the first to the last frame that has one (none under 1 pixel)."""
+def judge_clip(frames, caption, dark=0.25):
+    """Does a clip show the caption's colour and direction, on black? frames: uint8 (T, H, W, 3) or float
+    (3, T, H, W) in [-1, 1]. Foreground: pixels whose brightest channel is >= 128. Colour: the pure colour nearest the
+    foreground's mean colour (scaled to max 1), not a vote of its pixels, so a mixed blob fails. Direction: the
+    dominant axis and sign of the centroid's motion fitted by least squares over the frames that have a foreground
+    (none under 1 pixel over the clip), not just the first and last frame. Clean: every pixel more than one pixel (two
+    in yuv420p videos) from the foreground has its brightest channel < dark (64 of 255): no speckled or grey background."""
     frames = to_uint8(frames).astype(np.float32) / 255
-    fg = frames.max(-1) >= 0.5  # (T, H, W)
+    bright = frames.max(-1)
+    fg = bright >= 0.5  # (T, H, W)
+    T, H, W = fg.shape
+    g = 1 if min(H, W) < 32 else 2  # 32+ pixels are yuv420p (video.py): half-resolution chroma smears edges 2 pixels
+    pad = np.pad(fg, ((0, 0), (g, g), (g, g)))
+    near = np.any([pad[:, i:i + H, j:j + W] for i in range(2 * g + 1) for j in range(2 * g + 1)], 0)  # fg grown by g
     colour = direction = None
     if fg.any():
-        pixels = frames[fg] / frames[fg].max(-1, keepdims=True)  # (P, 3)
+        mean = frames[fg].mean(0)
         protos = np.array(list(COLOURS.values()), dtype=np.float32) / 255  # (4, 3)
-        votes = ((pixels[:, None] - protos[None]) ** 2).sum(-1).argmin(1)
-        colour = list(COLOURS)[np.bincount(votes, minlength=len(COLOURS)).argmax()]
-        ts = np.flatnonzero(fg.any((1, 2)))
-        ys, xs = np.nonzero(fg[ts[0]]); y1, x1 = np.nonzero(fg[ts[-1]])
-        dx, dy = x1.mean() - xs.mean(), y1.mean() - ys.mean()
+        colour = list(COLOURS)[((mean / mean.max() - protos) ** 2).sum(-1).argmin()]
+    ts = np.flatnonzero(fg.any((1, 2)))
+    if len(ts) >= 2:
+        n, (ys, xs) = fg[ts].sum((1, 2)), np.mgrid[:H, :W]
+        dx, dy = (np.polyfit(ts, (fg[ts] * g).sum((1, 2)) / n, 1)[0] * (T - 1) for g in (xs, ys))
         if max(abs(dx), abs(dy)) >= 1:
             direction = ("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")
     words = caption.lower().split()
-    return dict(colour_ok=colour in words, direction_ok=direction in words, colour=colour, direction=direction)
+    return dict(colour_ok=colour in words, direction_ok=direction in words, clean=bool((bright[~near] < dark).all()),
+                colour=colour, direction=direction)
 
 
 def caption_from_name(path):
@@ -91,7 +99,7 @@ def caption_from_name(path):
 
 def judge_files(target):
     """Judge a CSV's rows, or a folder's mp4s (captions from its train.csv, else from the file names); print the
-    failures and the accuracies, return dict(colour=, direction=, both=, n=)."""
+    failures and the accuracies, return dict(colour=, direction=, both=, clean=, n=)."""
     if target.endswith(".csv"):
         pairs = read_csv(target)
     else:
@@ -108,12 +116,14 @@ def judge_files(target):
     for path, caption in pairs:
         r = judge_clip(read_video(path), caption)
         results.append(r)
-        if not (r["colour_ok"] and r["direction_ok"]):
-            print(f"{path}: '{caption}' looks {r['colour']} moving {r['direction']}")
+        if not (r["colour_ok"] and r["direction_ok"] and r["clean"]):
+            print(f"{path}: '{caption}' looks {r['colour']} moving {r['direction']}"
+                  + ("" if r["clean"] else ", on a speckled background"))
     acc = {k: float(np.mean([r[k + "_ok"] for r in results])) for k in ("colour", "direction")}
     acc["both"] = float(np.mean([r["colour_ok"] and r["direction_ok"] for r in results]))
+    acc["clean"] = float(np.mean([r["clean"] for r in results]))
     print(f"{target}: colour {acc['colour']:.1%}  direction {acc['direction']:.1%}  both {acc['both']:.1%}  "
-          f"({len(results)} clips)")
+          f"clean background {acc['clean']:.1%}  ({len(results)} clips)")
     return acc | dict(n=len(results))
 
 
@@ -128,7 +138,7 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_frames", type=int, default=16)
     p.add_argument("--size", type=int, default=32)
-    p = sub.add_parser("judge", help="colour / direction accuracy of toy clips")
+    p = sub.add_parser("judge", help="colour / direction accuracy and clean backgrounds of toy clips")
     p.add_argument("target", help="a folder of mp4s or a CSV")
     args = parser.parse_args()
     if args.command == "shapes":
