@@ -1892,7 +1892,7 @@ def test_reliability_csv_is_read_strictly(tmp_path):
     assert "latin1.csv, line 2: not UTF-8 (byte 0xe9)" in bad_input(data.read_csv, latin1)
     assert f"{tmp_path}: cannot read the CSV" in bad_input(data.read_csv, str(tmp_path))  # a folder
     bom = rows("bom.csv", '\ufeffpath,caption\r\na.mp4,one\r\nb.mp4,"two, and ""three"""\r\n')  # Excel's UTF-8
-    assert data.read_csv(bom) == [("a.mp4", "one"), ("b.mp4", 'two, and "three"')]
+    assert data.read_csv(bom) == [(str(tmp_path / "a.mp4"), "one"), (str(tmp_path / "b.mp4"), 'two, and "three"')]
 
 
 # ============================================================================= cache.py: the latent cache
@@ -1975,8 +1975,9 @@ def test_cache_pooled_captions_and_class_ids(tmp_path, kind):
         classes=dict(type="classes", num_classes=5))[kind]
     if kind == "classes":  # captions that are class ids
         rows = list(csv.reader(open(cfg["data_path"])))
-        write_csv(tmp_path / "ids.csv", [[r[0], str(i)] for i, r in enumerate(rows)])
-        cfg["data_path"] = str(tmp_path / "ids.csv")
+        ids = os.path.join(os.path.dirname(cfg["data_path"]), "ids.csv")  # beside it: its rows' paths are relative
+        write_csv(ids, [[r[0], str(i)] for i, r in enumerate(rows)])
+        cfg["data_path"] = ids
     cfg["text_encoder"] = encoder
     cache.build_cache(cfg)
     cached, te = cache.CachedDataset(cfg), build_text_encoder(encoder)
