@@ -11,6 +11,7 @@ time-uniform grid, classifier-free guidance. Every number matches the original t
 """
 import math
 from functools import partial
+from itertools import accumulate
 
 import numpy as np
 import torch
@@ -34,10 +35,10 @@ def space_timesteps(num_steps, respacing):
         return list(range(num_steps))
     if isinstance(respacing, str) and respacing.startswith("ddim"):
         count = int(respacing[len("ddim"):])
-        for stride in range(1, num_steps):  # DDIM's fixed integer stride
-            if len(range(0, num_steps, stride)) == count:
-                return list(range(0, num_steps, stride))
-        raise ValueError(f"timestep_respacing='{respacing}': no integer stride gives {count} of {num_steps} steps")
+        stride = next((s for s in range(1, num_steps) if len(range(0, num_steps, s)) == count), None)  # DDIM's
+        if stride is None:
+            raise ValueError(f"timestep_respacing='{respacing}': no integer stride gives {count} of {num_steps} steps")
+        return list(range(0, num_steps, stride))
     counts = [int(c) for c in respacing.split(",")] if isinstance(respacing, str) else [int(c) for c in respacing]
     kept, start = [], 0
     for i, count in enumerate(counts):  # the steps are cut into len(counts) equal sections, the first ones 1 longer
@@ -47,10 +48,7 @@ def space_timesteps(num_steps, respacing):
         stride = (size - 1) / (count - 1) if count > 1 else 1
         # Quirk kept: a running float sum rounded with Python's round (half to even): 5 of 6 steps keeps
         # 0, 1, 2, 4, 5 (round(2.5) = 2); 6 of 1000 keeps 599 (599.4), (stdit_pipeline_ref.pt's timestep_map).
-        pos = 0.0
-        for _ in range(count):
-            kept.append(start + round(pos))
-            pos += stride
+        kept += [start + round(pos) for pos in accumulate([stride] * count, initial=0.0)][:count]
         start += size
     return sorted(set(kept))
 
@@ -181,10 +179,9 @@ class IDDPM:
         p = self._p_from_output(torch.cat([eps.detach(), out[:, x_t.shape[1]:]], dim=1), x_t, t, clip_denoised=False)
         true_mean = self.q_posterior_mean(x_start, x_t, t)
         true_log_var = self._coef(self.posterior_log_variance_clipped, t, x_t)
-        kl = mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"]), mask) / math.log(2.0)
+        kl = mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"]), mask)
         nll = -mean_flat(discretized_gaussian_log_likelihood(x_start, p["mean"], 0.5 * p["log_variance"]), mask)
-        nll = nll / math.log(2.0)
-        vb = torch.where(t == 0, nll, kl)  # at t = 0 the decoder NLL replaces the KL
+        vb = torch.where(t == 0, nll, kl) / math.log(2.0)  # in bits; at t = 0 the decoder NLL replaces the KL
         mse = mean_flat((noise - eps) ** 2, mask)
         return dict(loss=mse + vb, mse=mse, vb=vb)
 
@@ -301,27 +298,20 @@ def forward_with_cfg(model, x, timestep, y, cfg_scale, cfg_channel=3, **kwargs):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class VPSchedule:
-    """log alpha(t) for continuous t in (0, 1]: the discrete table placed at t_n = (n + 1) / N, linearly interpolated.
-    alpha_t^2 = abar, sigma_t = sqrt(1 - alpha_t^2), lambda_t = log(alpha_t / sigma_t)."""
+def vp_coefs(device, num_steps=1000):
+    """coefs(t) -> alpha_t, sigma_t, lambda_t, each (1,), for continuous t (1,) in (0, 1]: log alpha of the discrete
+    table placed at t_n = (n + 1) / N, linearly interpolated. alpha_t^2 = abar, sigma_t = sqrt(1 - alpha_t^2),
+    lambda_t = log(alpha_t / sigma_t)."""
+    betas = torch.tensor(linear_betas(num_steps))  # float64
+    log_alpha = (0.5 * torch.log(1 - betas).cumsum(0)).float().to(device)  # float64 sums, then float32 as the original
+    # (the original clips log-SNR at -5.1 near t = 1; it never triggers here: min lambda ~ -5.06)
+    ts = torch.linspace(0.0, 1.0, num_steps + 1)[1:].to(device)  # float32
 
-    def __init__(self, num_steps=1000, device="cpu"):
-        betas = torch.tensor(linear_betas(num_steps))  # float64
-        log_alpha = (0.5 * torch.log(1 - betas).cumsum(0)).float()  # float64 sums, then float32 as the original
-        # (the original clips log-SNR at -5.1 near t = 1; it never triggers here: min lambda ~ -5.06)
-        self.log_alpha = log_alpha.to(device)
-        self.t = torch.linspace(0.0, 1.0, num_steps + 1)[1:].to(device)  # float32
-        self.num_steps = num_steps
-
-    def log_alpha_at(self, t):  # t (1,) -> (1,)
-        k = torch.searchsorted(self.t, t).clamp(1, len(self.t) - 1)  # segment [k-1, k]; the end ones extrapolate
-        t0, t1, y0, y1 = self.t[k - 1], self.t[k], self.log_alpha[k - 1], self.log_alpha[k]
-        return y0 + (t - t0) * (y1 - y0) / (t1 - t0)
-
-    def coefs(self, t):
-        """alpha_t, sigma_t, lambda_t, each (1,)."""
-        la = self.log_alpha_at(t)
+    def coefs(t):
+        k = torch.searchsorted(ts, t).clamp(1, num_steps - 1)  # segment [k-1, k]; the end ones extrapolate
+        la = log_alpha[k - 1] + (t - ts[k - 1]) * (log_alpha[k] - log_alpha[k - 1]) / (ts[k] - ts[k - 1])
         return torch.exp(la), torch.sqrt(1.0 - torch.exp(2.0 * la)), la - 0.5 * torch.log(1.0 - torch.exp(2.0 * la))
+    return coefs
 
 
 @torch.no_grad()
@@ -334,38 +324,34 @@ def dpm_solver_sample(model, z, y, y_null, cfg_scale, steps, order=2, model_kwar
     if order not in (1, 2) or steps < order:
         raise ValueError(f"dpm_solver_sample: need order 1 or 2 and steps >= order, got order={order}, steps={steps}")
     model_kwargs = model_kwargs or {}
-    sched = VPSchedule(device=z.device)
-    grid = torch.linspace(1.0, 1.0 / sched.num_steps, steps + 1).to(z.device)  # float32, time-uniform
+    coefs, N = vp_coefs(z.device), 1000
+    grid = torch.linspace(1.0, 1.0 / N, steps + 1).to(z.device)  # float32, time-uniform
 
     def data_pred(x, t):  # x0 = (x - sigma_t * eps) / alpha_t, no thresholding
         # model time: (t - 1/N) * 1000 in float32, NOT rounded (999.0, 899.1, ...: dpms_ref.pt `model_timesteps`)
-        t_in = ((t - 1.0 / sched.num_steps) * 1000.0).expand(len(x))
+        t_in = ((t - 1.0 / N) * 1000.0).expand(len(x))
         if cfg_scale == 1.0 or y_null is None:  # as the original: no doubled batch, the condition only
             eps = model(x, t_in, y, **model_kwargs)
         else:
-            out = model(torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([y_null, y]), **model_kwargs)
-            eps_u, eps_c = out.chunk(2)
+            eps_u, eps_c = model(torch.cat([x, x]), t_in.repeat(2), torch.cat([y_null, y]), **model_kwargs).chunk(2)
             eps = eps_u + cfg_scale * (eps_c - eps_u)
-        alpha, sigma, _ = sched.coefs(t)
+        alpha, sigma, _ = coefs(t)
         return (x - sigma * eps) / alpha
 
-    x = z
-    prev_t, prev_x0 = [grid[0:1]], [data_pred(x, grid[0:1])]  # the last (at most) 2 times and data predictions
+    x, prev_t, prev_x0 = z, [grid[0:1]], [data_pred(z, grid[0:1])]  # the last (at most) 2 times and data predictions
     for step in tqdm(range(1, steps + 1), disable=not progress):
         t = grid[step:step + 1]
         # The first step is first order (no history). Quirk kept: "lower_order_final" makes the LAST step first
         # order only when steps < 10 (dpms_ref.pt, 10 steps: second order to the end; the pipeline's 5: first).
         step_order = min(order, step, steps + 1 - step) if steps < 10 else min(order, step)
-        alpha_t, sigma_t, lam_t = sched.coefs(t)
-        _, sigma_s, lam_s = sched.coefs(prev_t[-1])
+        alpha_t, sigma_t, lam_t = coefs(t)
+        _, sigma_s, lam_s = coefs(prev_t[-1])
         h = lam_t - lam_s
         phi = torch.expm1(-h)
-        if step_order == 1:
-            x = sigma_t / sigma_s * x - alpha_t * phi * prev_x0[-1]
-        else:  # multistep second order ("dpmsolver" midpoint form): D = (x0_prev0 - x0_prev1) / r0
-            r0 = (lam_s - sched.coefs(prev_t[-2])[2]) / h
-            d = (1.0 / r0) * (prev_x0[-1] - prev_x0[-2])
-            x = (sigma_t / sigma_s) * x - (alpha_t * phi) * prev_x0[-1] - 0.5 * (alpha_t * phi) * d
+        x = sigma_t / sigma_s * x - alpha_t * phi * prev_x0[-1]  # first order
+        if step_order == 2:  # multistep second order ("dpmsolver" midpoint form): D = (x0_prev0 - x0_prev1) / r0
+            r0 = (lam_s - coefs(prev_t[-2])[2]) / h
+            x = x - 0.5 * (alpha_t * phi) * ((1.0 / r0) * (prev_x0[-1] - prev_x0[-2]))
         if step < steps:  # no model call at the final time
             prev_t, prev_x0 = (prev_t + [t])[-2:], (prev_x0 + [data_pred(x, t)])[-2:]
     return x
