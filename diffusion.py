@@ -71,14 +71,12 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def approx_std_normal_cdf(x):
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
-
-
 def discretized_gaussian_log_likelihood(x, mean, log_scale):
     """log P(x) for data quantised to 256 levels in [-1, 1] (DDPM's decoder); the outer bins extend to +-inf."""
     inv_std, log = torch.exp(-log_scale), lambda p: torch.log(p.clamp(min=1e-12))
-    cdf_plus, cdf_min = (approx_std_normal_cdf(inv_std * (x - mean + d)) for d in (1.0 / 255.0, -1.0 / 255.0))
+    # the standard normal's CDF, tanh-approximated
+    cdf = lambda v: 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * torch.pow(v, 3))))  # noqa: E731
+    cdf_plus, cdf_min = (cdf(inv_std * (x - mean + d)) for d in (1.0 / 255.0, -1.0 / 255.0))
     return torch.where(x < -0.999, log(cdf_plus), torch.where(x > 0.999, log(1.0 - cdf_min), log(cdf_plus - cdf_min)))
 
 
@@ -218,14 +216,13 @@ class IDDPM:
         n = len(prompts)
         z = randn((n, *z_size), device, generators) if z is None else z  # the first draw after the caller's seed
         z = torch.cat([z, z], 0)  # (2n, ...): cond rows, then uncond rows
-        model_args = dict(encoded or text_encoder.encode(prompts))  # dict(y=(n, 1, L, C), mask=(n, L))
+        # y=(n, 1, L, C), mask=(n, L), and additional_args (PixArtMS's data_info)
+        model_args = dict(encoded or text_encoder.encode(prompts)) | (additional_args or {})
         model_args["y"] = torch.cat([model_args["y"], text_encoder.null(n)], 0)  # cond FIRST (DPM-Solver: uncond first)
         # The mask stays n rows: the model tiles it, so the null caption is masked with the prompt's mask too.
-        model_args.update(additional_args or {})
         forward = partial(forward_with_cfg, model, cfg_scale=self.cfg_scale, cfg_channel=self.cfg_channel)
-        samples = self.p_sample_loop(forward, z.shape, z, clip_denoised=False, model_kwargs=model_args,
-                                     device=device, progress=progress, generators=generators, mask=mask)
-        return samples[:n]
+        return self.p_sample_loop(forward, z.shape, z, clip_denoised=False, model_kwargs=model_args, device=device,
+                                  progress=progress, generators=generators, mask=mask)[:n]
 
 
 def parse_mask_strategy(text, num_refs=None, num_frames=None):
@@ -373,9 +370,9 @@ class DPMSolver:
         if mask is not None and ((mask > 0) & (mask < 1)).any():
             raise BadInput("dpm-solver: edit ratios (0 < edit_ratio < 1) need the iddpm sampler; conditions (0) work")
         keep = None if mask is None else (mask == 0)[:, None, :, None, None]  # (n, 1, T, 1, 1)
-        model_args = dict(encoded or text_encoder.encode(prompts))  # y=(n, 1, L, C), mask=(n, L): the model tiles it
+        # y=(n, 1, L, C), mask=(n, L) (the model tiles it) and additional_args
+        model_args = dict(encoded or text_encoder.encode(prompts)) | (additional_args or {})
         y = model_args.pop("y")
-        model_args.update(additional_args or {})
 
         def noise_model(x, t, y, **kwargs):  # (B, 2C, ...) -> the first C channels: the noise
             if keep is not None:  # our addition (v1.1 has no masked DPM-Solver): conditions reset, seen as such

@@ -112,18 +112,22 @@ class DiTBlock(nn.Module):
 # ----------------------------------------------------------------------------- what every model shares
 class Backbone(nn.Module):
     """Patch embedding, timestep embedding, the block loop with gradient checkpointing, final layer and unpatchify.
-    Subclasses build their modules in v1.0's order (its state_dict order) and write forward()."""
+    Subclasses build their other modules in v1.0's order (its state_dict order) and write forward()."""
 
-    def setup(self, input_size, in_channels, patch_size, hidden_size, num_heads, out_channels, dtype):
+    def __init__(self, input_size, in_channels, patch_size, hidden_size, num_heads, sigma, dtype):
+        """sigma: the model predicts the variance too (out_channels = 2 * in_channels)."""
+        super().__init__()
         if hidden_size % num_heads or hidden_size % 4:
             raise ValueError(f"{type(self).__name__}: hidden_size {hidden_size} must be divisible by num_heads "
                              f"{num_heads} and by 4")
         self.input_size, self.patch_size = tuple(input_size), tuple(patch_size)
-        self.in_channels, self.out_channels, self.hidden_size, self.dtype = in_channels, out_channels, hidden_size, dtype
+        self.in_channels, self.out_channels = in_channels, in_channels * (1 + sigma)
+        self.hidden_size, self.dtype = hidden_size, dtype
         self.grid_size = tuple(n // p for n, p in zip(self.input_size, self.patch_size))  # (T', H', W') tokens
         # `model.grad_checkpointing = True` recomputes each block in the backward pass, an int n only the first n
         # (selective: as many as memory needs, bench.py finds the fewest)
         self.grad_checkpointing = False
+        self.x_embedder = nn.ModuleDict(dict(proj=nn.Conv3d(in_channels, hidden_size, patch_size, stride=patch_size)))
 
     def initialize_weights(self, normal, zero):
         """v1.0's init, in its order: xavier-uniform Linears (bias 0) and patch kernel, N(0, 0.02) for `normal`, zeros
@@ -202,11 +206,10 @@ class PixArt(Backbone):
                  no_temporal_pos_emb=False, caption_channels=4096, model_max_length=120, dtype=torch.float32,
                  space_scale=1.0, time_scale=1.0, freeze=None, enable_flashattn=False, enable_layernorm_kernel=False,
                  enable_sequence_parallelism=False):
-        super().__init__()
         if freeze not in (None, "text", "not_temporal") or (freeze == "not_temporal" and not self.temporal):
             raise ValueError(f"{type(self).__name__}: freeze={freeze!r}, expected None, 'text'"
                              + " or 'not_temporal'" * self.temporal)
-        self.setup(input_size, in_channels, patch_size, hidden_size, num_heads, in_channels * (1 + pred_sigma), dtype)
+        super().__init__(input_size, in_channels, patch_size, hidden_size, num_heads, pred_sigma, dtype)
         self.caption_channels, self.model_max_length = caption_channels, model_max_length
         self.space_scale, self.time_scale, self.no_temporal_pos_emb = space_scale, time_scale, no_temporal_pos_emb
         # sequence parallelism: parallel.enable_sequence_parallel replaces these with a split of the tokens over the
@@ -218,7 +221,6 @@ class PixArt(Backbone):
                                                             self.base_size))
         self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, self.grid_size[0], time_scale))
 
-        self.x_embedder = nn.ModuleDict(dict(proj=nn.Conv3d(in_channels, hidden_size, patch_size, stride=patch_size)))
         self.t_embedder = embedder_mlp(256, hidden_size)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, model_max_length)
@@ -335,16 +337,14 @@ class DiT(Backbone):
                  num_heads=16, mlp_ratio=4.0, class_dropout_prob=0.1, learn_sigma=True, condition="text",
                  no_temporal_pos_emb=False, caption_channels=512, model_max_length=77, dtype=torch.float32,
                  enable_flashattn=False, enable_layernorm_kernel=False):
-        super().__init__()
         if condition != "text" and not re.fullmatch(r"label_\d+", str(condition)):
             raise ValueError(f"{type(self).__name__}: condition={condition!r}, expected 'text' or 'label_K' (K classes)")
-        self.setup(input_size, in_channels, patch_size, hidden_size, num_heads, in_channels * (1 + learn_sigma), dtype)
+        super().__init__(input_size, in_channels, patch_size, hidden_size, num_heads, learn_sigma, dtype)
         self.num_classes = None if condition == "text" else int(condition.split("_")[1])
         self.caption_channels, self.no_temporal_pos_emb = caption_channels, no_temporal_pos_emb
         self.register_buffer("pos_embed_spatial", spatial_pos_embed(hidden_size, *self.grid_size[1:]))
         self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, self.grid_size[0], 1.0))
 
-        self.x_embedder = nn.ModuleDict(dict(proj=nn.Conv3d(in_channels, hidden_size, patch_size, stride=patch_size)))
         if self.num_classes is None:  # v1.0: the caption embedder for one pooled token
             self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, class_dropout_prob, 1)
         else:

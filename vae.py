@@ -97,22 +97,20 @@ class VideoAutoencoderKL(nn.Module):
         x = torch.cat([fn(x[i:i + bs]) for i in range(0, len(x), bs)])  # (B*T, C', h, w)
         return x.reshape(B, T, *x.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C', T, h, w)
 
+    def encoded(self, x, take):
+        """take(the posterior of each frame) * SCALE for every frame of x (B, 3, T, H, W) -> (B, C', T, H/f, W/f)."""
+        return self.frames(lambda frames: take(self.module.encode(frames).latent_dist) * SCALE, x)
+
     @torch.no_grad()
     def encode(self, x, sample=True):
         """(B, 3, T, H, W) in [-1, 1] -> (B, C, T, H/f, W/f). v1.0 draws a sample of the posterior (global RNG);
         sample=False returns its mean, deterministic (tests, latent caches)."""
-        def enc(frames):
-            dist = self.module.encode(frames).latent_dist
-            return (dist.sample() if sample else dist.mean) * SCALE
-        return self.frames(enc, x)
+        return self.encoded(x, lambda dist: dist.sample() if sample else dist.mean)
 
     @torch.no_grad()
     def posterior(self, x):
         """(B, 3, T, H, W) -> the posterior's mean and std, each (B, C, T, H/f, W/f) on encode's scale (the cache)."""
-        def enc(frames):
-            dist = self.module.encode(frames).latent_dist
-            return torch.cat([dist.mean, dist.std], 1) * SCALE
-        return self.frames(enc, x).chunk(2, 1)
+        return self.encoded(x, lambda dist: torch.cat([dist.mean, dist.std], 1)).chunk(2, 1)
 
     @torch.no_grad()
     def decode(self, z):
@@ -150,8 +148,7 @@ class IdentityVAE(nn.Module):
         super().__init__()
         self.scale = scale
 
-    def get_latent_size(self, input_size):
-        return latent_size(input_size, self.patch_size)
+    get_latent_size = VideoAutoencoderKL.get_latent_size
 
     def compile_encoder(self):  # nothing to compile
         pass
