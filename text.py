@@ -120,7 +120,11 @@ def html_text(text):
 
 CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f\u206a-\u206f\ufeff\ufff9-\ufffc]")
 C1 = re.compile("[\x80-\x9f]")  # C1 control characters, most likely Windows-1252 bytes decoded as Latin-1
-LIGATURES = {c: unicodedata.normalize("NFKC", c) for c in "ĲĳŉǄǅǆǇǈǉǊǋǌǱǲǳﬀﬁﬂﬃﬄﬆ"} | {"ﬅ": "ſt"}  # not æ, œ
+# what fix_unicode maps by hand: Latin ligatures (not æ, œ), the ideographic space and the full-width forms to plain
+# letters, then curly quotes (also the one in "ŉ"'s NFKC) to straight ones
+FULL_WIDTH = "\u3000" + "".join(map(chr, range(0xff01, 0xffef)))
+FOLD = str.maketrans({c: unicodedata.normalize("NFKC", c) for c in "ĲĳŉǄǅǆǇǈǉǊǋǌǱǲǳﬀﬁﬂﬃﬄﬆ" + FULL_WIDTH} | {"ﬅ": "ſt"})
+QUOTES = str.maketrans(dict.fromkeys("\u02bc\u2018\u2019\u201a\u201b", "'") | dict.fromkeys("\u201c\u201d\u201e\u201f", '"'))
 
 
 def fix_unicode(text):
@@ -131,30 +135,47 @@ def fix_unicode(text):
     if ftfy is not None:
         return ftfy.fix_text(text)
     text = C1.sub(lambda m: m[0].encode("latin-1").decode("cp1252", "ignore") or m[0], text)
-    text = "".join(LIGATURES.get(c) or (unicodedata.normalize("NFKC", c) if "\uff01" <= c <= "\uffee"
-                                         or c == "\u3000" else c) for c in text)
-    text = re.sub("[\u02bc\u2018-\u201b]", "'", text)
-    text = re.sub("[\u201c-\u201f]", '"', text)
-    return unicodedata.normalize("NFC", CONTROL.sub("", text))
+    return unicodedata.normalize("NFC", CONTROL.sub("", text.translate(FOLD).translate(QUOTES)))
+
+
+def substitute(caption, rules):
+    for pattern, repl in rules:
+        caption = pattern.sub(repl, caption)
+    return caption
 
 
 def clean_once(caption):
-    caption = urllib.parse.unquote_plus(str(caption)).strip().lower()
-    for pattern, repl in BEFORE_HTML:
-        caption = pattern.sub(repl, caption)
-    caption = html_text(caption)
-    for pattern, repl in AFTER_HTML:
-        caption = pattern.sub(repl, caption)
+    caption = substitute(urllib.parse.unquote_plus(str(caption)).strip().lower(), BEFORE_HTML)
+    caption = substitute(html_text(caption), AFTER_HTML)
     if len(SEPARATOR.findall(caption)) > 3:
         caption = SEPARATOR.sub(" ", caption)
-    caption = html.unescape(html.unescape(fix_unicode(caption))).strip()
-    for pattern, repl in AFTER_FIX:
-        caption = pattern.sub(repl, caption)
-    return caption.strip()
+    return substitute(html.unescape(html.unescape(fix_unicode(caption))).strip(), AFTER_FIX).strip()
 
 
 def clean_caption(caption):
     return clean_once(clean_once(caption))
+
+
+# ----------------------------------------------------------------------------- loading T5 and CLIP
+def load_encoder(encoder, what, from_pretrained, config, seed, load, make, folder="a local folder"):
+    """(tokenizer, model): load() them for a hub id or folder from_pretrained (an OSError says how to get them);
+    from_pretrained=None: ByT5's byte tokenizer and make(config and its vocab_size) a random model from seed, on a
+    private RNG: train.py and sample.py must build the same random encoder, and building it must not shift the
+    global RNG that drives the model's own initialisation."""
+    from transformers import ByT5Tokenizer
+
+    if from_pretrained is not None:
+        try:
+            return load()
+        except OSError as e:
+            raise OSError(f"could not load the {what} '{from_pretrained}': download it first (huggingface-cli download "
+                          f"{from_pretrained}) or set text_encoder.from_pretrained to {folder} ({e})") from e
+    if config is None:
+        raise ValueError(f"{type(encoder).__name__}: give from_pretrained (a hub id or folder) or a config dict")
+    tokenizer = ByT5Tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return tokenizer, make(dict(vocab_size=len(tokenizer)) | config)
 
 
 # ----------------------------------------------------------------------------- T5
@@ -181,28 +202,17 @@ class T5Encoder:
 
     def __init__(self, from_pretrained="DeepFloyd/t5-v1_1-xxl", model_max_length=120, device=None,
                  dtype=torch.float32, config=None, seed=0, shardformer=False, cache_dir=None):
-        from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
+        from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-        if from_pretrained is not None:
-            path = from_pretrained
-            if os.path.isdir(os.path.join(path, "t5-v1_1-xxl")):  # v1.0: from_pretrained="./pretrained_models/t5_ckpts"
-                path = os.path.join(path, "t5-v1_1-xxl")
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(path, cache_dir=cache_dir)
-                self.model = T5EncoderModel.from_pretrained(path, cache_dir=cache_dir, dtype=t5_dtype(dtype))
-            except OSError as e:
-                raise OSError(f"could not load the T5 encoder '{from_pretrained}': download it first "
-                              f"(huggingface-cli download {from_pretrained}) or set text_encoder.from_pretrained to "
-                              f"a local folder with its config, weights and spiece.model ({e})") from e
-        elif config is None:
-            raise ValueError("T5Encoder: give from_pretrained (a hub id or folder) or a config dict")
-        else:
-            self.tokenizer = ByT5Tokenizer()
-            # A private RNG: train.py and sample.py must build the same random T5, and building it must not shift
-            # the global RNG that drives the model's own initialisation.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                self.model = T5EncoderModel(T5Config(**(dict(vocab_size=len(self.tokenizer)) | config)))
+        path = from_pretrained  # v1.0's from_pretrained="./pretrained_models/t5_ckpts" holds t5-v1_1-xxl/
+        if path is not None and os.path.isdir(os.path.join(path, "t5-v1_1-xxl")):
+            path = os.path.join(path, "t5-v1_1-xxl")
+        self.tokenizer, self.model = load_encoder(
+            self, "T5 encoder", from_pretrained, config, seed,
+            lambda: (AutoTokenizer.from_pretrained(path, cache_dir=cache_dir),
+                     T5EncoderModel.from_pretrained(path, cache_dir=cache_dir, dtype=t5_dtype(dtype))),
+            lambda config: T5EncoderModel(T5Config(**config)),
+            folder="a local folder with its config, weights and spiece.model")
         self.model.to(device, t5_dtype(dtype)).eval().requires_grad_(False)
         self.model_max_length = model_max_length
         self.output_dim = self.model.config.d_model
@@ -242,25 +252,14 @@ class ClipEncoder:
 
     def __init__(self, from_pretrained="openai/clip-vit-base-patch32", model_max_length=77, device=None,
                  dtype=torch.float32, config=None, seed=0):
-        from transformers import ByT5Tokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-        if from_pretrained is not None:
-            try:
-                self.tokenizer = CLIPTokenizer.from_pretrained(from_pretrained)
-                self.model = CLIPTextModel.from_pretrained(from_pretrained)
-            except OSError as e:
-                raise OSError(f"could not load the CLIP text encoder '{from_pretrained}': download it first "
-                              f"(huggingface-cli download {from_pretrained}) or set text_encoder.from_pretrained to a "
-                              f"local folder ({e})") from e
-        elif config is None:
-            raise ValueError("ClipEncoder: give from_pretrained (a hub id or folder) or a config dict")
-        else:  # the pooled token is the first eos (ByT5's id 1); positions for model_max_length tokens
-            self.tokenizer = ByT5Tokenizer()
-            ids = dict(vocab_size=len(self.tokenizer), bos_token_id=0, pad_token_id=0, eos_token_id=1,
-                       max_position_embeddings=model_max_length)
-            with torch.random.fork_rng(devices=[]):  # a private RNG, as T5Encoder's
-                torch.manual_seed(seed)
-                self.model = CLIPTextModel(CLIPTextConfig(**(ids | config)))
+        # random: the pooled token is the first eos (ByT5's id 1); positions for model_max_length tokens
+        ids = dict(bos_token_id=0, pad_token_id=0, eos_token_id=1, max_position_embeddings=model_max_length)
+        self.tokenizer, self.model = load_encoder(
+            self, "CLIP text encoder", from_pretrained, config, seed,
+            lambda: (CLIPTokenizer.from_pretrained(from_pretrained), CLIPTextModel.from_pretrained(from_pretrained)),
+            lambda config: CLIPTextModel(CLIPTextConfig(**(ids | config))))
         self.model.to(device, dtype).eval().requires_grad_(False)
         self.model_max_length = model_max_length
         self.output_dim = self.model.config.hidden_size
