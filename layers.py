@@ -48,10 +48,8 @@ def attention(q, k, v, mask=None):
         cu_q = torch.arange(0, (B + 1) * N, N, dtype=torch.int32, device=q.device)
         out = flash_attn_varlen_func(q.reshape(B * N, H, D), k[mask], v[mask], cu_q, cu_k, N, max(int(lens.max()), 1))
         out = out.view(B, N, H, D)
-    else:
-        attn_mask = None
-        if mask is not None:  # (B, 1, 1, M) broadcast over heads and queries; an empty row is opened, zeroed below
-            attn_mask = (mask | ~mask.any(1, keepdim=True))[:, None, None, :]
+    else:  # attn_mask (B, 1, 1, M) broadcast over heads and queries; an empty row is opened, zeroed below
+        attn_mask = None if mask is None else (mask | ~mask.any(1, keepdim=True))[:, None, None, :]
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=attn_mask).transpose(1, 2)
     if mask is not None:

@@ -130,17 +130,17 @@ class Backbone(nn.Module):
         self.x_embedder = nn.ModuleDict(dict(proj=nn.Conv3d(in_channels, hidden_size, patch_size, stride=patch_size)))
 
     def initialize_weights(self, normal, zero):
-        """v1.0's init, in its order: xavier-uniform Linears (bias 0) and patch kernel, N(0, 0.02) for `normal`, zeros
-        for `zero` (the branches that start as nothing)."""
+        """v1.0's init, in its order: xavier-uniform Linears (bias 0) and patch kernel, N(0, 0.02) for the timestep
+        MLP then `normal`, zeros for `zero` and the final Linear (the branches that start as nothing)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         w = self.x_embedder.proj.weight  # like a Linear over the flattened patch
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for lin in normal:
+        for lin in [self.t_embedder.mlp[0], self.t_embedder.mlp[2], *normal]:
             nn.init.normal_(lin.weight, std=0.02)
-        for lin in zero:
+        for lin in [*zero, self.final_layer.linear]:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
@@ -230,10 +230,8 @@ class PixArt(Backbone):
         # the branches that start as nothing: cross-attention, the temporal attention (so a PixArt image model loaded
         # into STDiT starts out as that image model, frame by frame) and the output layer
         self.initialize_weights(
-            [self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1], self.y_embedder.y_proj.fc1,
-             self.y_embedder.y_proj.fc2],
-            [b.cross_attn.proj for b in self.blocks] + [b.attn_temp.proj for b in self.blocks if b.attn_temp]
-            + [self.final_layer.linear])
+            [self.t_block[1], self.y_embedder.y_proj.fc1, self.y_embedder.y_proj.fc2],
+            [b.cross_attn.proj for b in self.blocks] + [b.attn_temp.proj for b in self.blocks if b.attn_temp])
         if self.multi_scale:  # each embeds one number in hidden/3 channels: height, width, aspect ratio (v1.0 adds
             if hidden_size % 3:  # them after the init above: torch's default init)
                 raise ValueError(f"PixArtMS: hidden_size {hidden_size} must be divisible by 3")
@@ -353,17 +351,14 @@ class DiT(Backbone):
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size) * self.out_channels, adaln=True)
         caption = [self.y_embedder.y_proj.fc1, self.y_embedder.y_proj.fc2] if self.num_classes is None else []
-        self.initialize_weights([self.t_embedder.mlp[0], self.t_embedder.mlp[2]] + caption,
-                                [b.adaLN_modulation[1] for b in self.blocks] + [self.final_layer.adaLN_modulation[1],
-                                                                              self.final_layer.linear])
+        self.initialize_weights(caption, [b.adaLN_modulation[1] for b in [*self.blocks, self.final_layer]])
         nn.init.zeros_(self.x_embedder.proj.bias)
 
     def forward(self, x, timestep, y):
         """x (B, C_in, T, H, W), timestep (B,) float or int, y class ids (B,) or pooled captions (B, 1, 1, C_caption)
         -> (B, C_out, T, H, W) float32."""
         grid, B = self.check_x(x, timestep), len(x)
-        if self.num_classes is None and (y.ndim != 4 or y.shape[0] != B or y.shape[1:3] != (1, 1)
-                                         or y.shape[3] != self.caption_channels):
+        if self.num_classes is None and y.shape != (B, 1, 1, self.caption_channels):
             raise ValueError(f"{type(self).__name__}: y must be pooled captions ({B}, 1, 1, {self.caption_channels})"
                              f", got {tuple(y.shape)}")
         rows = self.y_embedder.embedding_table.num_embeddings if self.num_classes is not None else 0
