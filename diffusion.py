@@ -112,10 +112,8 @@ class IDDPM:
         abar = np.cumprod(1.0 - betas)
         abar_prev = np.append(1.0, abar[:-1])
         self.betas, self.alphas_cumprod = betas, abar
-        self.sqrt_alphas_cumprod = np.sqrt(abar)
-        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - abar)
-        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / abar)
-        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / abar - 1)
+        self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod = np.sqrt(abar), np.sqrt(1.0 - abar)  # noising
+        self.sqrt_recip_alphas_cumprod, self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / abar), np.sqrt(1.0 / abar - 1)
         # posterior q(x_{t-1} | x_t, x_0) = N(coef1 * x_0 + coef2 * x_t, posterior_variance)
         self.posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
         # its variance is 0 at t = 0; the log uses the t = 1 value there ("clipped")
@@ -202,8 +200,7 @@ class IDDPM:
             # Quirk kept: exactly one randn per step from the global generator (or each prompt's), also at i = 0
             # where it is unused, so a seed reproduces the original's samples (iddpm_ref.pt `sample`).
             step_noise = randn(x.shape, x.device, generators)
-            nonzero = (t != 0).float().view(-1, *[1] * (x.ndim - 1))
-            x = p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * step_noise
+            x = p["mean"] + float(i > 0) * torch.exp(0.5 * p["log_variance"]) * step_noise  # no noise into x_0
             x = x if mask is None else torch.where(mask_t < i, x0, x)  # frames still held
         return x
 
