@@ -151,7 +151,6 @@ class Backbone(nn.Module):
         for block in self.blocks:
             block.compile()
         self.final_layer.compile()
-        return self
 
     def check_x(self, x, timestep):
         """Clear errors for bad shapes; returns the token grid (T', H', W') of x."""

@@ -124,7 +124,8 @@ C1 = re.compile("[\x80-\x9f]")  # C1 control characters, most likely Windows-125
 # letters, then curly quotes (also the one in "ŉ"'s NFKC) to straight ones
 FULL_WIDTH = "\u3000" + "".join(map(chr, range(0xff01, 0xffef)))
 FOLD = str.maketrans({c: unicodedata.normalize("NFKC", c) for c in "ĲĳŉǄǅǆǇǈǉǊǋǌǱǲǳﬀﬁﬂﬃﬄﬆ" + FULL_WIDTH} | {"ﬅ": "ſt"})
-QUOTES = str.maketrans(dict.fromkeys("\u02bc\u2018\u2019\u201a\u201b", "'") | dict.fromkeys("\u201c\u201d\u201e\u201f", '"'))
+QUOTES = str.maketrans(dict.fromkeys("\u02bc\u2018\u2019\u201a\u201b", "'") 
+                       | dict.fromkeys("\u201c\u201d\u201e\u201f", '"'))
 
 
 def fix_unicode(text):
@@ -214,8 +215,7 @@ class T5Encoder:
             lambda config: T5EncoderModel(T5Config(**config)),
             folder="a local folder with its config, weights and spiece.model")
         self.model.to(device, t5_dtype(dtype)).eval().requires_grad_(False)
-        self.model_max_length = model_max_length
-        self.output_dim = self.model.config.d_model
+        self.model_max_length, self.output_dim = model_max_length, self.model.config.d_model
         self.y_embedder = None
 
     @torch.no_grad()
@@ -261,8 +261,7 @@ class ClipEncoder:
             lambda: (CLIPTokenizer.from_pretrained(from_pretrained), CLIPTextModel.from_pretrained(from_pretrained)),
             lambda config: CLIPTextModel(CLIPTextConfig(**(ids | config))))
         self.model.to(device, dtype).eval().requires_grad_(False)
-        self.model_max_length = model_max_length
-        self.output_dim = self.model.config.hidden_size
+        self.model_max_length, self.output_dim = model_max_length, self.model.config.hidden_size
         self.y_embedder = None
 
     @torch.no_grad()
@@ -281,9 +280,8 @@ class ClassEncoder:
     class for guidance is num_classes, the last row of the model's table (zoo_encoders_ref.pt)."""
 
     def __init__(self, num_classes, model_max_length=None, device=None, dtype=None):
-        self.num_classes, self.device = num_classes, device
+        self.num_classes, self.device, self.y_embedder = num_classes, device, None
         self.model_max_length = self.output_dim = None  # what build_model receives: a label model takes neither
-        self.y_embedder = None
 
     def encode(self, texts):
         bad = [t for t in texts if not str(t).strip().isdigit() or int(t) >= self.num_classes]
