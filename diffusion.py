@@ -198,9 +198,9 @@ class IDDPM:
                 model_kwargs = dict(model_kwargs, x_mask=(mask_t > i)[:, 0, :, 0, 0])  # the re-noised: conditions
             p = self.p_mean_variance(model, x, t, clip_denoised, model_kwargs)
             # Quirk kept: exactly one randn per step from the global generator (or each prompt's), also at i = 0
-            # where it is unused, so a seed reproduces the original's samples (iddpm_ref.pt `sample`).
-            step_noise = randn(x.shape, x.device, generators)
-            x = p["mean"] + float(i > 0) * torch.exp(0.5 * p["log_variance"]) * step_noise  # no noise into x_0
+            # where it is unused (no noise into x_0), so a seed reproduces the original's samples (iddpm_ref.pt
+            # `sample`).
+            x = p["mean"] + float(i > 0) * torch.exp(0.5 * p["log_variance"]) * randn(x.shape, x.device, generators)
             x = x if mask is None else torch.where(mask_t < i, x0, x)  # frames still held
         return x
 

@@ -188,14 +188,11 @@ class FinalLayer(nn.Module):
 
     def forward(self, x, t, x_mask=None, t_cond=None):
         """x_mask (B, N, 1) bool or None: False tokens are modulated again by t_cond (PixArt/STDiT only)."""
-        if hasattr(self, "adaLN_modulation"):
-            shift, scale = self.adaLN_modulation(t)[:, None].chunk(2, dim=2)  # (B, 1, C) each
-        else:
-            shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
+        table = lambda t: (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)  # noqa: E731  (B, 1, C) each
+        shift, scale = table(t) if hasattr(self, "scale_shift_table") else self.adaLN_modulation(t)[:, None].chunk(2, 2)
         x = modulate(self.norm_final(x), shift, scale)
         if x_mask is not None:  # v1.1: condition tokens go through the LayerNorm TWICE (stdit_mask_ref.pt)
-            shift, scale = (self.scale_shift_table[None] + t_cond[:, None]).chunk(2, dim=1)
-            x = torch.where(x_mask, x, modulate(self.norm_final(x), shift, scale))
+            x = torch.where(x_mask, x, modulate(self.norm_final(x), *table(t_cond)))
         return self.linear(x)
 
 
