@@ -357,8 +357,7 @@ class DPMSolver:
 
     def __init__(self, num_sampling_steps=None, cfg_scale=4.0):
         # v1.0's default None crashes inside its solver; we use 20, DPM-Solver's own default and every v1.0 config's
-        self.num_sampling_steps = 20 if num_sampling_steps is None else num_sampling_steps
-        self.cfg_scale = cfg_scale
+        self.num_sampling_steps, self.cfg_scale = 20 if num_sampling_steps is None else num_sampling_steps, cfg_scale
 
     def sample(self, model, text_encoder, z_size, prompts, device, additional_args=None, progress=True,
                generators=None, encoded=None, z=None, mask=None):  # as IDDPM.sample

@@ -61,8 +61,7 @@ class STDiTBlock(nn.Module):
 
     def modulation(self, t0):
         """t0 (B, 6C) -> shift, scale, gate of the attention, shift, scale, gate of the MLP (v1.0 order), (B, 1, 1, C)."""
-        B, C = len(t0), self.scale_shift_table.shape[1]
-        return (self.scale_shift_table[None] + t0.view(B, 6, C)).view(B, 6, 1, 1, C).unbind(1)
+        return (self.scale_shift_table[None] + t0.view(len(t0), 6, -1))[:, :, None, None].unbind(1)
 
     def forward(self, x, y, t0, mask, tpe=None, x_mask=None, t0_cond=None):
         """x (B, T, S, C), y (B, L, C), t0 (B, 6C), mask (B, L) bool or None, tpe (1, T, C) or None, x_mask (B, T) bool
@@ -102,8 +101,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x, c, over):
         """x (B, T, S, C), c (B, C), over "all", "space" or "time" (see self_attend) -> (B, T, S, C)."""
-        B, C = c.shape
-        mod = self.adaLN_modulation(c).view(B, 6, 1, 1, C)  # v1.0 computes it per frame or position (Latte): same rows
+        # (B, 1, 1, C) each. v1.0 computes them per frame or position (Latte): the same rows
+        mod = self.adaLN_modulation(c).view(len(c), 6, 1, 1, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.unbind(1)
         x = x + gate_msa * self_attend(self.attn, modulate(self.norm1(x), shift_msa, scale_msa), over)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
@@ -215,9 +214,8 @@ class PixArt(Backbone):
         # SP ranks (after the embedding) and the gather back (before the final layer)
         self.split_tokens, self.gather_tokens = lambda x, tpe: (x, tpe), lambda x: x
         # v1.0: PixArt stretches both axes of its grid to int(sqrt(H' W')) positions (pixart.py); STDiT does not
-        self.base_size = None if self.temporal else int(math.sqrt(self.grid_size[1] * self.grid_size[2]))
-        self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, *self.grid_size[1:], space_scale,
-                                                            self.base_size))
+        self.base_size = base_size = None if self.temporal else int(math.sqrt(self.grid_size[1] * self.grid_size[2]))
+        self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, *self.grid_size[1:], space_scale, base_size))
         self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, self.grid_size[0], time_scale))
 
         self.t_embedder = embedder_mlp(256, hidden_size)

@@ -158,7 +158,7 @@ def clean_caption(caption):
 
 
 # ----------------------------------------------------------------------------- loading T5 and CLIP
-def load_encoder(encoder, what, from_pretrained, config, seed, load, make, folder="a local folder"):
+def load_encoder(encoder, what, from_pretrained, config, seed, make, load, folder="a local folder"):
     """(tokenizer, model): load() them for a hub id or folder from_pretrained (an OSError says how to get them);
     from_pretrained=None: ByT5's byte tokenizer and make(config and its vocab_size) a random model from seed, on a
     private RNG: train.py and sample.py must build the same random encoder, and building it must not shift the
@@ -209,10 +209,9 @@ class T5Encoder:
         if path is not None and os.path.isdir(os.path.join(path, "t5-v1_1-xxl")):
             path = os.path.join(path, "t5-v1_1-xxl")
         self.tokenizer, self.model = load_encoder(
-            self, "T5 encoder", from_pretrained, config, seed,
+            self, "T5 encoder", from_pretrained, config, seed, lambda config: T5EncoderModel(T5Config(**config)),
             lambda: (AutoTokenizer.from_pretrained(path, cache_dir=cache_dir),
                      T5EncoderModel.from_pretrained(path, cache_dir=cache_dir, dtype=t5_dtype(dtype))),
-            lambda config: T5EncoderModel(T5Config(**config)),
             folder="a local folder with its config, weights and spiece.model")
         self.model.to(device, t5_dtype(dtype)).eval().requires_grad_(False)
         self.model_max_length, self.output_dim = model_max_length, self.model.config.d_model
@@ -258,8 +257,8 @@ class ClipEncoder:
         ids = dict(bos_token_id=0, pad_token_id=0, eos_token_id=1, max_position_embeddings=model_max_length)
         self.tokenizer, self.model = load_encoder(
             self, "CLIP text encoder", from_pretrained, config, seed,
-            lambda: (CLIPTokenizer.from_pretrained(from_pretrained), CLIPTextModel.from_pretrained(from_pretrained)),
-            lambda config: CLIPTextModel(CLIPTextConfig(**(ids | config))))
+            lambda config: CLIPTextModel(CLIPTextConfig(**(ids | config))),
+            lambda: (CLIPTokenizer.from_pretrained(from_pretrained), CLIPTextModel.from_pretrained(from_pretrained)))
         self.model.to(device, dtype).eval().requires_grad_(False)
         self.model_max_length, self.output_dim = model_max_length, self.model.config.hidden_size
         self.y_embedder = None

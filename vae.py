@@ -62,17 +62,15 @@ class VideoAutoencoderKL(nn.Module):
             blocks = dict(down_block_types=("DownEncoderBlock2D",) * n)
             if "up_block_types" in inspect.signature(module_class).parameters:  # the temporal decoder has fixed ones
                 blocks["up_block_types"] = ("UpDecoderBlock2D",) * n
-            config = blocks | config
             # A private RNG: train.py and sample.py must build the same random VAE, and building it must not
             # shift the global RNG that drives the model's own initialisation.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.module = module_class(**config)
+                self.module = module_class(**(blocks | config))
         # Frozen, and cast whole as v1.0 does (`vae.to(device, dtype)`). nn.Module.to, not diffusers' override: that one
         # warns about modules to keep in float32 even when the list is empty, as it is for AutoencoderKL.
         nn.Module.to(self.module, device, dtype).eval().requires_grad_(False)
-        self.micro_batch_size = micro_batch_size
-        self.out_channels = self.module.config.latent_channels
+        self.micro_batch_size, self.out_channels = micro_batch_size, self.module.config.latent_channels
         self.patch_size = self.down_sampling(self.module.config)  # v1.0 writes (1, 8, 8): the SD VAE's factor
 
     @staticmethod
