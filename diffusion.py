@@ -268,8 +268,7 @@ def randn(shape, device, generators=None):
     copies) come from generators[i] alone, so each video is the one its prompt and seed give in a batch of one."""
     if generators is None:
         return torch.randn(shape, device=device)
-    n = len(generators)
-    rows = [torch.randn((shape[0] // n, *shape[1:]), generator=g, device=device) for g in generators]
+    rows = [torch.randn((shape[0] // len(generators), *shape[1:]), generator=g, device=device) for g in generators]
     return torch.stack(rows, 1).reshape(shape)  # (copies, n, ...) -> row c * n + i
 
 

@@ -205,9 +205,8 @@ class T5Encoder:
                  dtype=torch.float32, config=None, seed=0, shardformer=False, cache_dir=None):
         from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
-        path = from_pretrained  # v1.0's from_pretrained="./pretrained_models/t5_ckpts" holds t5-v1_1-xxl/
-        if path is not None and os.path.isdir(os.path.join(path, "t5-v1_1-xxl")):
-            path = os.path.join(path, "t5-v1_1-xxl")
+        nested = os.path.join(from_pretrained or "", "t5-v1_1-xxl")  # v1.0's "./pretrained_models/t5_ckpts" holds it
+        path = nested if from_pretrained is not None and os.path.isdir(nested) else from_pretrained
         self.tokenizer, self.model = load_encoder(
             self, "T5 encoder", from_pretrained, config, seed, lambda config: T5EncoderModel(T5Config(**config)),
             lambda: (AutoTokenizer.from_pretrained(path, cache_dir=cache_dir),
