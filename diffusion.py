@@ -35,7 +35,8 @@ def space_timesteps(num_steps, respacing):
         return list(range(num_steps))
     if isinstance(respacing, str) and respacing.startswith("ddim"):
         count = int(respacing[len("ddim"):])
-        stride = next((s for s in range(1, num_steps) if len(range(0, num_steps, s)) == count), None)  # DDIM's
+        # DDIM's fixed integer stride
+        stride = next((s for s in range(1, num_steps) if len(range(0, num_steps, s)) == count), None)
         if stride is None:
             raise ValueError(f"timestep_respacing='{respacing}': no integer stride gives {count} of {num_steps} steps")
         return list(range(0, num_steps, stride))
