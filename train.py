@@ -91,12 +91,16 @@ def main(argv):
     validate(cfg, "train", run_dir)  # every rule, before anything is written or loaded
     if os.environ.get("RANK", "0") == "0":  # one run at a time in a folder (under torchrun: rank 0 holds it)
         hold(run_dir)
+
+    def check_load(model_args):  # the checkpoint's weights against the config's model, on no memory (meta)
+        if not ckpt.get("base"):  # (LoRA: the adapters, checked against their base below)
+            with torch.device("meta"):
+                fit(ckpt["model"], build_model(cfg["model"] | dict(from_pretrained=None), **model_args), load_path)
+
     if cfg["load"]:  # read now, so that a bad file stops the run before the encoders load; a truncated one is skipped
         load_path, ckpt = newest_that_loads(cfg["load"], read_checkpoint)
-        if "model_args" in ckpt and not ckpt.get("base"):  # its shapes against the config's model, on no memory (meta)
-            with torch.device("meta"):
-                fit(ckpt["model"], build_model(cfg["model"] | dict(from_pretrained=None), **ckpt["model_args"]),
-                    load_path)
+        if "model_args" in ckpt:  # (older files lack them: checked once the encoders give them, before the build)
+            check_load(ckpt["model_args"])
 
     # ------------------------------------------------------------------------- distributed
     ctx = parallel.setup(cfg["sp_size"])
@@ -131,10 +135,12 @@ def main(argv):
     latent_size = vae.get_latent_size(input_size)
 
     # ------------------------------------------------------------------------- model
-    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     model_args = dict(input_size=tuple(latent_size), in_channels=vae.out_channels,  # from the encoders, as v1.0
                       caption_channels=text_encoder.output_dim if text_encoder else read_meta(cfg)["caption_channels"],
                       model_max_length=cfg["text_encoder"].get("model_max_length"))
+    if cfg["load"] and ckpt.get("model_args") != model_args:  # an older file, or other encoders: before the build,
+        check_load(model_args)  # whose from_pretrained would load (and check) a released file first
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     # LoRA: the base loaded into the bf16 model, then the adapters (on its device and dtype), the only trainable part
     model = build_model(cfg["model"] | (dict(from_pretrained=None) if cfg["lora"] else {}), **model_args, dtype=dtype)
     model = model.to(device, dtype).train()
@@ -161,9 +167,7 @@ def main(argv):
         """The EMA as a full fp32 STDiT state_dict on rank 0 (None elsewhere; every rank takes part in the gather). The
         EMA lives in the optimizer, sharded, over the fp32 master weights; frozen parameters and buffers are the model's."""
         ema = opt.full("ema")
-        if ema is None:
-            return None
-        return {k: ema.get(k, v.detach().float().cpu()) for k, v in model.state_dict().items()}
+        return None if ema is None else {k: ema.get(k, v.detach().float().cpu()) for k, v in model.state_dict().items()}
 
     # ------------------------------------------------------------------------- resume
     step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
@@ -172,8 +176,7 @@ def main(argv):
             was, now = ((b or {}).get("name", "none (full training)") for b in (ckpt.get("base"), base))
             raise BadInput(f"--load {load_path}: trained on the base {was}, not {now}: use its model.from_pretrained "
                            "and lora")
-        if not base:
-            fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
+        if not base:  # (check_load has fitted its weights to this model)
             model.load_state_dict(ckpt["model"])
             opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
         opt.load_state_dict(ckpt["optimizer"])  # (writes the master weights into the parameters: LoRA's adapters)
@@ -241,14 +244,11 @@ def main(argv):
                                          0.0 if base else cfg["ema_decay"], mask=mask)
             start += cfg["batch_size"]
             step += 1
-            if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
-                bad_steps += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= cfg["max_bad_steps"]:
-                    sys.exit(f"step {step}: {bad_in_a_row} non-finite losses/gradients in a row; stopping "
-                             f"(lower lr, check the data, or --load the last good checkpoint)")
-            else:
-                bad_in_a_row = 0
+            bad = not math.isfinite(grad_norm)  # the optimizer skipped this update on every rank
+            bad_steps, bad_in_a_row = bad_steps + bad, (bad_in_a_row + 1) * bad
+            if bad_in_a_row >= cfg["max_bad_steps"]:
+                sys.exit(f"step {step}: {bad_in_a_row} non-finite losses/gradients in a row; stopping "
+                         f"(lower lr, check the data, or --load the last good checkpoint)")
             if step % cfg["log_every"] == 0 or step == max_steps:
                 loss_avg = parallel.all_reduce_mean(loss.detach())
                 if ctx.is_main:  # a plain loss curve next to the checkpoints
