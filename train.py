@@ -119,20 +119,17 @@ def main(argv):
     parallel.barrier()  # on every rank: one that found the cache complete (the others' last shards renamed) waits too
     dataset = CachedDataset(cfg) if cfg["cache_dir"] else video_dataset(cfg)
     sampler = parallel.ShardedSampler(len(dataset), ctx.dp_rank, ctx.dp_size, seed=cfg["seed"])
-    loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps DataLoader seeding off the global RNG (exact resume)
-    loader = torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(  # its own generator: the workers' seeding off the global RNG (exact resume)
         dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["num_workers"], drop_last=True,
-        pin_memory=device.type == "cuda", generator=loader_gen, persistent_workers=False)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg["seed"]))
+    if len(loader) == 0:
         raise BadInput(f"batch_size={cfg['batch_size']}: {cfg['data_path']}'s {len(dataset)} samples give no full batch "
                        f"per rank ({ctx.dp_size} data-parallel ranks): lower batch_size")
 
     # ------------------------------------------------------------------------- encoders
     vae = build_vae(cfg["vae"], device=device, dtype=dtype)
     text_encoder = None if cfg["cache_dir"] else build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
-    input_size = (cfg["num_frames"], *cfg["image_size"])
-    latent_size = vae.get_latent_size(input_size)
+    latent_size = vae.get_latent_size((cfg["num_frames"], *cfg["image_size"]))
 
     # ------------------------------------------------------------------------- model
     model_args = dict(input_size=tuple(latent_size), in_channels=vae.out_channels,  # from the encoders, as v1.0
@@ -157,8 +154,7 @@ def main(argv):
         f"{ctx.world_size} ranks (dp {ctx.dp_size} x sp {ctx.sp_size}), {dtype}")
 
     # ------------------------------------------------------------------------- optimizer
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt = parallel.ZeroAdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])  # sharded over all ranks
+    opt = parallel.ZeroAdamW(model.named_parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])  # over all ranks
     log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master, AdamW moments, EMA: 1/{ctx.world_size} "
         f"each)")
 
@@ -178,7 +174,7 @@ def main(argv):
                            "and lora")
         if not base:  # (check_load has fitted its weights to this model)
             model.load_state_dict(ckpt["model"])
-            opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
+            opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in opt.params})
         opt.load_state_dict(ckpt["optimizer"])  # (writes the master weights into the parameters: LoRA's adapters)
         step, epoch, start = ckpt["step"], ckpt["epoch"], ckpt["start"]
         torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
@@ -226,13 +222,13 @@ def main(argv):
                        "off") from e
 
     # ------------------------------------------------------------------------- loop
-    max_steps = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
+    max_steps = cfg["max_steps"] or cfg["epochs"] * len(loader)
     bad_steps = bad_in_a_row = 0
     bar = tqdm(total=max_steps, initial=step, disable=not ctx.is_main, dynamic_ncols=True)
     t_last, n_last = time.time(), step
     while step < max_steps:
         sampler.set_epoch(epoch, start=start)
-        dataset.set_epoch(epoch)  # temporal windows and flips are drawn from (seed, epoch, index)
+        dataset.set_epoch(epoch)  # temporal windows and flips from (seed, epoch, index); workers start anew each epoch
         for batch in loader:
             x, model_kwargs = encode(batch, vae, text_encoder, device, dtype, size_args)
             # frame masks from (seed, step, rank) alone: a resumed run draws the same ones, SP peers too
