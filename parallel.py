@@ -322,50 +322,42 @@ def _all_to_all(x, group, scatter_dim, gather_dim):
     return torch.cat(recv.unbind(0), gather_dim)  # piece i came from rank i
 
 
+class _Collective(torch.autograd.Function):
+    """A collective with a written-out backward: forward(x, fwd, bwd) returns fwd(x), backward bwd(gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, fwd, bwd):
+        ctx.bwd = bwd
+        return fwd(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.bwd(grad), None, None
+
+
 # Gradient scaling. Between split_sequence and gather_sequence each SP rank computes its own part of the sequence;
 # before and after, every rank computes the same thing on the whole sequence. Summed over the SP ranks, a parameter
 # used in the duplicated parts gets sp_size x its gradient, one used in the split part only 1x. So gather's backward
 # multiplies by sp_size (then every path sums to sp_size x) and split's backward divides by it (the duplicated part
 # below the split sees the true gradient on every rank, again sp_size x in the sum). Averaging over the SP ranks, as
 # ZeroAdamW's world-mean does, then gives exactly the gradient of the unsplit model (test_parallel proves it).
-class _Split(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return _split(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather(grad, ctx.dim, ctx.group) / dist.get_world_size(ctx.group), None, None
+def split_sequence(x, dim, group):
+    """This rank's 1/sp of x along dim; backward all-gathers the gradient (scaled, see above)."""
+    n = dist.get_world_size(group)
+    return _Collective.apply(x, lambda t: _split(t, dim, group), lambda g: _gather(g, dim, group) / n)
 
 
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return _gather(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _split(grad, ctx.dim, ctx.group) * dist.get_world_size(ctx.group), None, None
+def gather_sequence(x, dim, group):
+    """All ranks' pieces concatenated along dim; backward keeps this rank's slice of the gradient (scaled, above)."""
+    n = dist.get_world_size(group)
+    return _Collective.apply(x, lambda t: _gather(t, dim, group), lambda g: _split(g, dim, group) * n)
 
 
-class _AllToAll(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group, scatter_dim, gather_dim):
-        ctx.args = group, gather_dim, scatter_dim
-        return _all_to_all(x, group, scatter_dim, gather_dim)
-
-    @staticmethod
-    def backward(ctx, grad):  # the adjoint of an all-to-all is the all-to-all the other way round
-        return _all_to_all(grad, *ctx.args), None, None, None
-
-
-split_sequence = _Split.apply  # (x, dim, group): this rank's 1/sp of x along dim; backward all-gathers (scaled)
-gather_sequence = _Gather.apply  # (x, dim, group): the ranks' pieces concatenated along dim; backward: own slice
-# (x, group, scatter_dim, gather_dim): x cut into sp pieces along scatter_dim, piece i sent to rank i, the received
-# pieces concatenated along gather_dim
-all_to_all = _AllToAll.apply
+def all_to_all(x, group, scatter_dim, gather_dim):
+    """x cut into sp pieces along scatter_dim, piece i sent to rank i, the received ones concatenated along gather_dim;
+    backward: the all-to-all the other way round (the adjoint of an all-to-all)."""
+    return _Collective.apply(x, lambda t: _all_to_all(t, group, scatter_dim, gather_dim),
+                             lambda g: _all_to_all(g, group, gather_dim, scatter_dim))
 
 
 def ulysses(attn_fn, group):
