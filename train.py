@@ -39,8 +39,7 @@ def encode(batch, vae, text_encoder, device, dtype, size_args=None):
                   if k in batch}
         return batch["latent"].to(device, dtype), kwargs | (size_args or {})
     with torch.no_grad():
-        x = vae.encode(batch["video"].to(device, dtype))
-        return x, text_encoder.encode(batch["text"]) | (size_args or {})
+        return vae.encode(batch["video"].to(device, dtype)), text_encoder.encode(batch["text"]) | (size_args or {})
 
 
 def frame_masks(mask_ratios, B, T, rng):
@@ -238,8 +237,7 @@ def main(argv):
             # would mostly average in the zero-delta start, and the base already is an EMA
             loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"],
                                          0.0 if base else cfg["ema_decay"], mask=mask)
-            start += cfg["batch_size"]
-            step += 1
+            step, start = step + 1, start + cfg["batch_size"]
             bad = not math.isfinite(grad_norm)  # the optimizer skipped this update on every rank
             bad_steps, bad_in_a_row = bad_steps + bad, (bad_in_a_row + 1) * bad
             if bad_in_a_row >= cfg["max_bad_steps"]:
