@@ -140,7 +140,8 @@ class ZeroAdamW:
                 self.buckets.append([])
             self.buckets[-1].append((name, p))
         self.sizes = [-(-sum(p.numel() for _, p in b) // self.world) * self.world for b in self.buckets]  # padded
-        check_same_everywhere([p.detach() for _, p in self.params])
+        if self.world > 1:
+            check_same_everywhere([p.detach() for _, p in self.params])
         self.master = self.own_shard(dict(self.params))  # (sum(sizes) / world,) fp32
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.master), torch.zeros_like(self.master)
         self.ema = self.master.clone()  # EMA of the fp32 master weights, sharded like them (update_ema)
@@ -292,8 +293,6 @@ class ZeroAdamW:
 
 def check_same_everywhere(tensors):
     """Ranks that start from different weights would silently train different models: fail at start-up instead."""
-    if not dist.is_initialized():
-        return
     s = torch.stack([sum(t.double().sum() for t in tensors), sum(t.double().square().sum() for t in tensors)])
     hi_lo = torch.cat([s, -s])  # the max over the ranks and (negated) the min, in one all-reduce
     dist.all_reduce(hi_lo, op=dist.ReduceOp.MAX)
