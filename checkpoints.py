@@ -52,8 +52,7 @@ def resolve_weights(name, download=True):
     if not download:
         return name
     source = HUB_FILES[base]
-    owner, repo, *file = source.split("/")  # a Hugging Face repo, or repo/file
-    repo, file = f"{owner}/{repo}", file[0] if file else base
+    repo, file = source.rsplit("/", 1) if source.count("/") == 2 else (source, base)  # a hub repo, or repo/file
     url = source if source.startswith("https://") else f"https://huggingface.co/{repo}/resolve/main/{file}"
     try:  # a quick look first: offline, the hub's client retries for half a minute before it gives up
         socket.create_connection((url.split("/")[2], 443), timeout=5).close()
@@ -178,17 +177,12 @@ def fit(sd, model, path):
     if w is not None and w.ndim == 4:  # DiT/Latte/PixArt-alpha's 2D patch conv (C, C_in, p, p) -> 3D (C, C_in, 1, p, p)
         sd["x_embedder.proj.weight"] = w.unsqueeze(2)
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and k not in POS_KEYS]
-    unexpected = [k for k in sd if k not in own]
-    at_init, ignored = [], []
-    for part in OPTIONAL_PARTS:  # a part wholly absent on one side
-        mine, theirs = [k for k in own if part in k], [k for k in sd if part in k]
-        if not any(k in sd for k in mine):
-            at_init += [k for k in mine if k not in POS_KEYS]
-        if not any(k in own for k in theirs):
-            ignored += theirs
-    bad = {"missing": [k for k in missing if k not in at_init],
-           "unexpected": [k for k in unexpected if k not in ignored],
+
+    def absent(keys, other):  # the keys of each optional part that `other` wholly lacks
+        return [k for p in OPTIONAL_PARTS if not any(p in k and k in other for k in keys) for k in keys if p in k]
+    at_init, ignored = absent(own, sd), absent(sd, own)
+    bad = {"missing": [k for k in own if k not in sd and k not in POS_KEYS and k not in at_init],
+           "unexpected": [k for k in sd if k not in own and k not in ignored],
            "shape mismatch": [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
                               for k in sd if k in own and sd[k].shape != own[k].shape]}
     if any(bad.values()):

@@ -46,18 +46,12 @@ def setup(sp_size=1):
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     dp_size = world // sp_size
-    sp_group = dp_group = None
-    for i in range(dp_size):  # every rank must create every group, in the same order
-        ranks = list(range(i * sp_size, (i + 1) * sp_size))
-        group = dist.new_group(ranks)
-        sp_group = group if rank in ranks else sp_group
-    for j in range(sp_size):
-        ranks = list(range(j, world, sp_size))
-        group = dist.new_group(ranks)
-        dp_group = group if rank in ranks else dp_group
+    # every rank must create every group, in the same order: the SP groups (consecutive ranks), then the DP groups
+    sp_groups = [dist.new_group(list(range(i * sp_size, (i + 1) * sp_size))) for i in range(dp_size)]
+    dp_groups = [dist.new_group(list(range(j, world, sp_size))) for j in range(sp_size)]
     return SimpleNamespace(rank=rank, world_size=world, local_rank=local_rank, device=device, is_main=rank == 0,
-                           dp_group=dp_group, dp_rank=rank // sp_size, dp_size=dp_size,
-                           sp_group=sp_group, sp_rank=rank % sp_size, sp_size=sp_size)
+                           dp_group=dp_groups[rank % sp_size], dp_rank=rank // sp_size, dp_size=dp_size,
+                           sp_group=sp_groups[rank // sp_size], sp_rank=rank % sp_size, sp_size=sp_size)
 
 
 def cleanup():
@@ -106,13 +100,10 @@ class ShardedSampler(torch.utils.data.Sampler):
             raise ValueError(f"ShardedSampler: start {start} outside this rank's {self.per_rank} samples per epoch")
         self.epoch, self.start = epoch, start
 
-    def indices(self):
+    def __iter__(self):
         order = (np.random.default_rng((self.seed, self.epoch)).permutation(self.num_samples) if self.shuffle
                  else np.arange(self.num_samples))
-        return order[:self.per_rank * self.dp_size][self.dp_rank::self.dp_size][self.start:].tolist()
-
-    def __iter__(self):
-        return iter(self.indices())
+        return iter(order[:self.per_rank * self.dp_size][self.dp_rank::self.dp_size][self.start:].tolist())
 
     def __len__(self):
         return self.per_rank - self.start
@@ -143,17 +134,15 @@ class ZeroAdamW:
         self.params = [(name, p) for name, p in named_params if p.requires_grad]
         if not self.params:
             raise ValueError("ZeroAdamW: no trainable parameters")
-        self.buckets, bucket = [], []  # lists of (name, param)
+        self.buckets = [[]]  # lists of (name, param); a new one starts once the last holds bucket_numel elements
         for name, p in self.params:
-            bucket.append((name, p))
-            if sum(q.numel() for _, q in bucket) >= bucket_numel:
-                self.buckets.append(bucket)
-                bucket = []
-        self.buckets += [bucket] if bucket else []
+            if sum(q.numel() for _, q in self.buckets[-1]) >= bucket_numel:
+                self.buckets.append([])
+            self.buckets[-1].append((name, p))
         self.sizes = [-(-sum(p.numel() for _, p in b) // self.world) * self.world for b in self.buckets]  # padded
-        full = [self.flatten(b, [p.detach() for _, p in b], size) for b, size in zip(self.buckets, self.sizes)]
-        check_same_everywhere(full)
-        self.master = torch.cat([f.chunk(self.world)[self.rank] for f in full]).clone()  # (sum(sizes) / world,) fp32
+        if self.world > 1:
+            check_same_everywhere([p.detach() for _, p in self.params])
+        self.master = self.own_shard(dict(self.params))  # (sum(sizes) / world,) fp32
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.master), torch.zeros_like(self.master)
         self.ema = self.master.clone()  # EMA of the fp32 master weights, sharded like them (update_ema)
         self.step_count = 0
@@ -164,12 +153,18 @@ class ZeroAdamW:
                     p.register_post_accumulate_grad_hook(lambda p, i=i, name=name: self.grad_ready(i, name))
 
     @staticmethod
-    def flatten(bucket, tensors, size):
+    def flatten(tensors, size):
         """Tensors of a bucket's params -> one fp32 vector of the padded size."""
-        flat = torch.zeros(size, dtype=torch.float32, device=bucket[0][1].device)
+        flat = torch.zeros(size, dtype=torch.float32, device=tensors[0].device)
         # one batched cat in the tensors' dtype, then one cast (a cat into fp32 launches a cast per tensor: 560 a step)
         flat[:sum(t.numel() for t in tensors)].copy_(torch.cat([t.reshape(-1) for t in tensors]))
         return flat
+
+    def own_shard(self, values):
+        """{name: full value} of every parameter -> this rank's slice of each bucket, concatenated (new, fp32)."""
+        full = [self.flatten([values[n].detach().to(p.device) for n, p in b], size)
+                for b, size in zip(self.buckets, self.sizes)]
+        return torch.cat([f.chunk(self.world)[self.rank] for f in full])
 
     def shards(self, flat):
         """This rank's vector (master, a moment, the gradient) -> its slice of each bucket."""
@@ -205,7 +200,7 @@ class ZeroAdamW:
     def reduce(self, i):
         """Bucket i's gradients -> fp32 flat -> reduce-scatter (async) into this rank's shard; the full ones freed."""
         bucket, size = self.buckets[i], self.sizes[i]
-        full = self.flatten(bucket, [torch.zeros_like(p) if p.grad is None else p.grad for _, p in bucket], size)
+        full = self.flatten([torch.zeros_like(p) if p.grad is None else p.grad for _, p in bucket], size)
         for _, p in bucket:
             p.grad = None  # ZeRO-2: the full gradient is not kept
         if self.world == 1:  # (called from step(): the buckets one after another, each bucket's gradients freed)
@@ -241,9 +236,8 @@ class ZeroAdamW:
         # instead of the ~25 of the written-out update (train 16x256 on an H200: 22.05 -> 23.22 samples/s, bench.py)
         self.step_count += 1
         step = torch.tensor(float(self.step_count), device=self.master.device)
-        beta1, beta2 = self.betas
         torch._fused_adamw_(self.shards(self.master), grads, self.shards(self.exp_avg), self.shards(self.exp_avg_sq),
-                            [], [step] * len(grads), lr=self.lr, beta1=beta1, beta2=beta2,
+                            [], [step] * len(grads), lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
                             weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False,
                             grad_scale=torch.tensor(self.world / clip, device=step.device), found_inf=None)
         self.copy_master_to_params()
@@ -281,8 +275,7 @@ class ZeroAdamW:
         if missing or unexpected or bad:
             raise ValueError(f"ZeroAdamW: '{key}' does not fit these parameters: missing {missing[:5]}, unexpected "
                              f"{unexpected[:5]}, shape mismatch {bad[:5]}")
-        full = [self.flatten(b, [values[n].to(p.device) for n, p in b], size) for b, size in zip(self.buckets, self.sizes)]
-        getattr(self, key).copy_(torch.cat([f.chunk(self.world)[self.rank] for f in full]))
+        getattr(self, key).copy_(self.own_shard(values))
 
     def state_dict(self):
         """The FULL state on rank 0 (None elsewhere; call it on every rank), keyed by parameter name, on the CPU: a
@@ -300,24 +293,18 @@ class ZeroAdamW:
 
 def check_same_everywhere(tensors):
     """Ranks that start from different weights would silently train different models: fail at start-up instead."""
-    if not dist.is_initialized():
-        return
     s = torch.stack([sum(t.double().sum() for t in tensors), sum(t.double().square().sum() for t in tensors)])
-    hi, lo = s.clone(), -s
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    dist.all_reduce(lo, op=dist.ReduceOp.MAX)
-    if not torch.equal(hi, -lo):
+    hi_lo = torch.cat([s, -s])  # the max over the ranks and (negated) the min, in one all-reduce
+    dist.all_reduce(hi_lo, op=dist.ReduceOp.MAX)
+    if not torch.equal(hi_lo[:2], -hi_lo[2:]):
         raise RuntimeError("ZeroAdamW: the model's parameters differ between ranks; seed the model's initialisation "
                            "identically on every rank (or load the same weights) before making the optimizer")
 
 
 # ----------------------------------------------------------------------------- sequence parallelism (Ulysses)
+# (the callers check that the split dims divide by sp: split_tokens, ulysses' heads; the gathered ones do by making)
 def _split(x, dim, group):
-    n = dist.get_world_size(group)
-    if x.shape[dim] % n:
-        raise ValueError(f"sequence parallel: size {x.shape[dim]} of dim {dim} of a {tuple(x.shape)} tensor is not "
-                         f"divisible by sp_size {n}")
-    return x.chunk(n, dim)[dist.get_rank(group)].contiguous()
+    return x.chunk(dist.get_world_size(group), dim)[dist.get_rank(group)].contiguous()
 
 
 def _gather(x, dim, group):
@@ -327,13 +314,24 @@ def _gather(x, dim, group):
 
 
 def _all_to_all(x, group, scatter_dim, gather_dim):
-    n = dist.get_world_size(group)
-    if x.shape[scatter_dim] % n:
-        raise ValueError(f"all_to_all: size {x.shape[scatter_dim]} of dim {scatter_dim} not divisible by {n} ranks")
-    send = torch.stack(x.chunk(n, scatter_dim)).contiguous()  # (n, ...): piece i goes to rank i of the group
+    # (n, ...): piece i goes to rank i of the group
+    send = torch.stack(x.chunk(dist.get_world_size(group), scatter_dim)).contiguous()
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send, group=group)
     return torch.cat(recv.unbind(0), gather_dim)  # piece i came from rank i
+
+
+class _Collective(torch.autograd.Function):
+    """A collective with a written-out backward: forward(x, fwd, bwd) returns fwd(x), backward bwd(gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, fwd, bwd):
+        ctx.bwd = bwd
+        return fwd(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.bwd(grad), None, None
 
 
 # Gradient scaling. Between split_sequence and gather_sequence each SP rank computes its own part of the sequence;
@@ -342,52 +340,23 @@ def _all_to_all(x, group, scatter_dim, gather_dim):
 # multiplies by sp_size (then every path sums to sp_size x) and split's backward divides by it (the duplicated part
 # below the split sees the true gradient on every rank, again sp_size x in the sum). Averaging over the SP ranks, as
 # ZeroAdamW's world-mean does, then gives exactly the gradient of the unsplit model (test_parallel proves it).
-class _Split(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return _split(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather(grad, ctx.dim, ctx.group) / dist.get_world_size(ctx.group), None, None
-
-
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim, group):
-        ctx.dim, ctx.group = dim, group
-        return _gather(x, dim, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _split(grad, ctx.dim, ctx.group) * dist.get_world_size(ctx.group), None, None
-
-
-class _AllToAll(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group, scatter_dim, gather_dim):
-        ctx.args = group, gather_dim, scatter_dim
-        return _all_to_all(x, group, scatter_dim, gather_dim)
-
-    @staticmethod
-    def backward(ctx, grad):  # the adjoint of an all-to-all is the all-to-all the other way round
-        return _all_to_all(grad, *ctx.args), None, None, None
-
-
 def split_sequence(x, dim, group):
-    """This rank's 1/sp of x along dim (forward); backward all-gathers the gradient (scaled, see above)."""
-    return _Split.apply(x, dim, group)
+    """This rank's 1/sp of x along dim; backward all-gathers the gradient (scaled, see above)."""
+    n = dist.get_world_size(group)
+    return _Collective.apply(x, lambda t: _split(t, dim, group), lambda g: _gather(g, dim, group) / n)
 
 
 def gather_sequence(x, dim, group):
-    """All ranks' pieces concatenated along dim (forward); backward keeps this rank's slice (scaled, see above)."""
-    return _Gather.apply(x, dim, group)
+    """All ranks' pieces concatenated along dim; backward keeps this rank's slice of the gradient (scaled, above)."""
+    n = dist.get_world_size(group)
+    return _Collective.apply(x, lambda t: _gather(t, dim, group), lambda g: _split(g, dim, group) * n)
 
 
 def all_to_all(x, group, scatter_dim, gather_dim):
-    """Cut x into sp pieces along scatter_dim, send piece i to rank i, concatenate the received along gather_dim."""
-    return _AllToAll.apply(x, group, scatter_dim, gather_dim)
+    """x cut into sp pieces along scatter_dim, piece i sent to rank i, the received ones concatenated along gather_dim;
+    backward: the all-to-all the other way round (the adjoint of an all-to-all)."""
+    return _Collective.apply(x, lambda t: _all_to_all(t, group, scatter_dim, gather_dim),
+                             lambda g: _all_to_all(g, group, gather_dim, scatter_dim))
 
 
 def ulysses(attn_fn, group):

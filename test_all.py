@@ -3451,6 +3451,20 @@ def test_reliab_10_a_checkpoint_of_another_size_is_refused_before_the_encoders(t
     assert out.stdout == "" and not os.path.exists(tmp / "new_cache")
 
 
+def test_reliab_10_an_older_checkpoint_without_model_args_is_refused_before_the_model_is_built(tiny_run):
+    """An older file (no model_args) of another size: its weights are fitted once the encoders give the shapes, before
+    the model is built, whose from_pretrained (a file that does not fit either) would otherwise fail first."""
+    tmp, old = tiny_run, tiny_run / "old/shapes/step0000006.pt"
+    ckpt = torch.load(tmp / "a/shapes/step0000006.pt", weights_only=True)
+    old.parent.mkdir(parents=True)
+    torch.save({k: v for k, v in ckpt.items() if k != "model_args"}, old)
+    out = run_train(tmp, "--max_steps=8", f"--load={old.parent}", "--model.hidden_size=64",
+                    f"--model.from_pretrained={tmp}/a/shapes/step0000003.pt", code=2)
+    assert out.stderr.startswith(f"error: {old}: foreign key layout for this STDiT: shape mismatch (")
+    assert "x_embedder.proj.bias (32,) vs model (64,)" in out.stderr and "give weights of this model" in out.stderr
+    assert "parameters" not in out.stdout  # (train.py names the model's size once it is built)
+
+
 def test_lora_train_resume_exact_and_checkpoints_hold_adapters(tiny_lora_run):
     tmp, base = tiny_lora_run, tiny_lora_run / "a/shapes/step0000006.pt"  # the base: tiny_run's newest
     lora_args = ["--lora.r=4", f"--model.from_pretrained={tmp}/a/shapes", "--lr=1e-2", "--ckpt_every=2"]

@@ -39,8 +39,7 @@ def encode(batch, vae, text_encoder, device, dtype, size_args=None):
                   if k in batch}
         return batch["latent"].to(device, dtype), kwargs | (size_args or {})
     with torch.no_grad():
-        x = vae.encode(batch["video"].to(device, dtype))
-        return x, text_encoder.encode(batch["text"]) | (size_args or {})
+        return vae.encode(batch["video"].to(device, dtype)), text_encoder.encode(batch["text"]) | (size_args or {})
 
 
 def frame_masks(mask_ratios, B, T, rng):
@@ -91,12 +90,16 @@ def main(argv):
     validate(cfg, "train", run_dir)  # every rule, before anything is written or loaded
     if os.environ.get("RANK", "0") == "0":  # one run at a time in a folder (under torchrun: rank 0 holds it)
         hold(run_dir)
+
+    def check_load(model_args):  # the checkpoint's weights against the config's model, on no memory (meta)
+        if not ckpt.get("base"):  # (LoRA: the adapters, checked against their base below)
+            with torch.device("meta"):
+                fit(ckpt["model"], build_model(cfg["model"] | dict(from_pretrained=None), **model_args), load_path)
+
     if cfg["load"]:  # read now, so that a bad file stops the run before the encoders load; a truncated one is skipped
         load_path, ckpt = newest_that_loads(cfg["load"], read_checkpoint)
-        if "model_args" in ckpt and not ckpt.get("base"):  # its shapes against the config's model, on no memory (meta)
-            with torch.device("meta"):
-                fit(ckpt["model"], build_model(cfg["model"] | dict(from_pretrained=None), **ckpt["model_args"]),
-                    load_path)
+        if "model_args" in ckpt:  # (older files lack them: checked once the encoders give them, before the build)
+            check_load(ckpt["model_args"])
 
     # ------------------------------------------------------------------------- distributed
     ctx = parallel.setup(cfg["sp_size"])
@@ -115,26 +118,25 @@ def main(argv):
     parallel.barrier()  # on every rank: one that found the cache complete (the others' last shards renamed) waits too
     dataset = CachedDataset(cfg) if cfg["cache_dir"] else video_dataset(cfg)
     sampler = parallel.ShardedSampler(len(dataset), ctx.dp_rank, ctx.dp_size, seed=cfg["seed"])
-    loader_gen = torch.Generator().manual_seed(cfg["seed"])  # keeps DataLoader seeding off the global RNG (exact resume)
-    loader = torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(  # its own generator: the workers' seeding off the global RNG (exact resume)
         dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["num_workers"], drop_last=True,
-        pin_memory=device.type == "cuda", generator=loader_gen, persistent_workers=False)
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg["seed"]))
+    if len(loader) == 0:
         raise BadInput(f"batch_size={cfg['batch_size']}: {cfg['data_path']}'s {len(dataset)} samples give no full batch "
                        f"per rank ({ctx.dp_size} data-parallel ranks): lower batch_size")
 
     # ------------------------------------------------------------------------- encoders
     vae = build_vae(cfg["vae"], device=device, dtype=dtype)
     text_encoder = None if cfg["cache_dir"] else build_text_encoder(cfg["text_encoder"], device=device, dtype=dtype)
-    input_size = (cfg["num_frames"], *cfg["image_size"])
-    latent_size = vae.get_latent_size(input_size)
+    latent_size = vae.get_latent_size((cfg["num_frames"], *cfg["image_size"]))
 
     # ------------------------------------------------------------------------- model
-    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     model_args = dict(input_size=tuple(latent_size), in_channels=vae.out_channels,  # from the encoders, as v1.0
                       caption_channels=text_encoder.output_dim if text_encoder else read_meta(cfg)["caption_channels"],
                       model_max_length=cfg["text_encoder"].get("model_max_length"))
+    if cfg["load"] and ckpt.get("model_args") != model_args:  # an older file, or other encoders: before the build,
+        check_load(model_args)  # whose from_pretrained would load (and check) a released file first
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     # LoRA: the base loaded into the bf16 model, then the adapters (on its device and dtype), the only trainable part
     model = build_model(cfg["model"] | (dict(from_pretrained=None) if cfg["lora"] else {}), **model_args, dtype=dtype)
     model = model.to(device, dtype).train()
@@ -151,8 +153,7 @@ def main(argv):
         f"{ctx.world_size} ranks (dp {ctx.dp_size} x sp {ctx.sp_size}), {dtype}")
 
     # ------------------------------------------------------------------------- optimizer
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt = parallel.ZeroAdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])  # sharded over all ranks
+    opt = parallel.ZeroAdamW(model.named_parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])  # over all ranks
     log(f"optimizer: {opt.memory_bytes() / 2**20:.1f} MiB per rank (fp32 master, AdamW moments, EMA: 1/{ctx.world_size} "
         f"each)")
 
@@ -161,9 +162,7 @@ def main(argv):
         """The EMA as a full fp32 STDiT state_dict on rank 0 (None elsewhere; every rank takes part in the gather). The
         EMA lives in the optimizer, sharded, over the fp32 master weights; frozen parameters and buffers are the model's."""
         ema = opt.full("ema")
-        if ema is None:
-            return None
-        return {k: ema.get(k, v.detach().float().cpu()) for k, v in model.state_dict().items()}
+        return None if ema is None else {k: ema.get(k, v.detach().float().cpu()) for k, v in model.state_dict().items()}
 
     # ------------------------------------------------------------------------- resume
     step = epoch = start = 0  # global step, epoch, samples of this epoch already consumed per rank
@@ -172,10 +171,9 @@ def main(argv):
             was, now = ((b or {}).get("name", "none (full training)") for b in (ckpt.get("base"), base))
             raise BadInput(f"--load {load_path}: trained on the base {was}, not {now}: use its model.from_pretrained "
                            "and lora")
-        if not base:
-            fit(ckpt["model"], model, load_path)  # another model's checkpoint: one line naming the keys, not a traceback
+        if not base:  # (check_load has fitted its weights to this model)
             model.load_state_dict(ckpt["model"])
-            opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in params})
+            opt.load_full("ema", {n: ckpt["ema"][n] for n, _ in opt.params})
         opt.load_state_dict(ckpt["optimizer"])  # (writes the master weights into the parameters: LoRA's adapters)
         step, epoch, start = ckpt["step"], ckpt["epoch"], ckpt["start"]
         torch.set_rng_state(ckpt["rng"][ctx.dp_rank % len(ckpt["rng"])])
@@ -223,13 +221,13 @@ def main(argv):
                        "off") from e
 
     # ------------------------------------------------------------------------- loop
-    max_steps = cfg["max_steps"] or cfg["epochs"] * steps_per_epoch
+    max_steps = cfg["max_steps"] or cfg["epochs"] * len(loader)
     bad_steps = bad_in_a_row = 0
     bar = tqdm(total=max_steps, initial=step, disable=not ctx.is_main, dynamic_ncols=True)
     t_last, n_last = time.time(), step
     while step < max_steps:
         sampler.set_epoch(epoch, start=start)
-        dataset.set_epoch(epoch)  # temporal windows and flips are drawn from (seed, epoch, index)
+        dataset.set_epoch(epoch)  # temporal windows and flips from (seed, epoch, index); workers start anew each epoch
         for batch in loader:
             x, model_kwargs = encode(batch, vae, text_encoder, device, dtype, size_args)
             # frame masks from (seed, step, rank) alone: a resumed run draws the same ones, SP peers too
@@ -239,16 +237,12 @@ def main(argv):
             # would mostly average in the zero-delta start, and the base already is an EMA
             loss, grad_norm = train_step(model, opt, scheduler, x, model_kwargs, cfg["grad_clip"],
                                          0.0 if base else cfg["ema_decay"], mask=mask)
-            start += cfg["batch_size"]
-            step += 1
-            if not math.isfinite(grad_norm):  # the optimizer skipped this update on every rank
-                bad_steps += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= cfg["max_bad_steps"]:
-                    sys.exit(f"step {step}: {bad_in_a_row} non-finite losses/gradients in a row; stopping "
-                             f"(lower lr, check the data, or --load the last good checkpoint)")
-            else:
-                bad_in_a_row = 0
+            step, start = step + 1, start + cfg["batch_size"]
+            bad = not math.isfinite(grad_norm)  # the optimizer skipped this update on every rank
+            bad_steps, bad_in_a_row = bad_steps + bad, (bad_in_a_row + 1) * bad
+            if bad_in_a_row >= cfg["max_bad_steps"]:
+                sys.exit(f"step {step}: {bad_in_a_row} non-finite losses/gradients in a row; stopping "
+                         f"(lower lr, check the data, or --load the last good checkpoint)")
             if step % cfg["log_every"] == 0 or step == max_steps:
                 loss_avg = parallel.all_reduce_mean(loss.detach())
                 if ctx.is_main:  # a plain loss curve next to the checkpoints
