@@ -543,8 +543,8 @@ def main():
         log("\nsampling stages (sample.generate: T5, the diffusion model, the VAE; seconds and peak GPU memory)")
         log("\n".join(stages))
     log(f"torch {torch.__version__}, {ctx.world_size} x {torch.cuda.get_device_name() if cuda else 'cpu'} (dp "
-        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path{f', LoRA r{args.lora}' * bool(args.lora)}, bf16 ceiling {ceiling:.0f} "
-        f"TFLOP/s, {time.strftime('%Y-%m-%d')}")
+        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path"
+        f"{f', LoRA r{args.lora}' * bool(args.lora)}, bf16 ceiling {ceiling:.0f} TFLOP/s, {time.strftime('%Y-%m-%d')}")
     if args.profile:
         profile(args, args.profile, vae, t5, device, dtype)
     parallel.cleanup()
