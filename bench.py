@@ -339,8 +339,7 @@ def check(args, device):
     for name, (o, g), (o0, g0) in pairs:
         print(f"{name:<28}{rel(o, o0):>10.2e}{rel(g, g0):>10.2e}")
     del ref, plain, fast, results, exact
-    set_path(True)
-    # encoders: bf16 (the speed path) against fp32, same weights
+    # encoders: bf16 (the speed path, set last above) against fp32, same weights
     v32, t32 = build_encoders(argparse.Namespace(**dict(vars(args), plain=True)), device, torch.float32)
     v16, t16 = build_encoders(args, device, torch.bfloat16)  # fast path: encoder compiled
     video = torch.rand(1, 3, 4, 256, 256, device=device) * 2 - 1
