@@ -20,7 +20,6 @@ skips; VAE and T5 not counted), MFU against the bf16 matmul rate measured here (
 """
 import argparse
 import ast
-import contextlib
 import gc
 import json
 import math
@@ -60,6 +59,8 @@ CLIP_WIDTH = 512  # openai/clip-vit-base-patch32's pooled caption, what v1.0's D
 TINY_VAE = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8)
 TINY_MODEL = dict(depth=2, hidden_size=64, num_heads=4)
 TINY_T5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu")
+TINY_ROWS = dict(train=dict(size=64, frames=4, steps=2, batch=2), sample=dict(size=64, frames=4, steps=3, repeat=1),
+                 memory=dict(overrides=["--num_frames=4", "--image_size=(64, 64)", "--scheduler.num_sampling_steps=2"]))
 CAPTION = ("a drone shot of waves breaking on a rocky coast at sunset, seagulls flying over the water, the camera "
            "slowly moving along the cliffs")  # ByT5-style byte tokens: padded/truncated to L = 120 like T5's
 
@@ -71,35 +72,31 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
     "t64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[10, 12, 14, 16, 20, 24, 28], online=True, steps=4),
     "c64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[10, 12, 14, 16, 20, 24, 28], online=False, steps=4),
     "l360": dict(kind="train", frames=360, size=512, batch=1, ckpt=[28], online=False, steps=2),
-    **{n + (c and f"-{c}"): dict(kind="sample", frames=16, size=z, sampler=s, steps=k, repeat=r, cache=c or None)
+    **{n + (c and f"-{c}"): dict(kind="sample", frames=16, size=z, sampler=s, steps=k, repeat=r, cache=c or None,
+                                 label=f"sample 16x{z} {'dpm20+cfg' if k == 20 else 'iddpm100'}" + (c and f" {c[:3]}"))
        for n, z, s, k, r in (("s256", 256, "dpm-solver", 20, 3), ("s512", 512, "dpm-solver", 20, 2),
                              ("i256", 256, "iddpm", 100, 1), ("i512", 512, "iddpm", 100, 1)) for c in ("", *stepcache.PRESETS)},
     # the zoo from cached latents and captions: v1.0's acceleration table (full attention vs STDiT's split attention)
-    **{f"{m[0].lower()}{n}": dict(kind="train", model=f"{m}-XL/2", frames=f, size=z, batch=b, online=False,
-                                  ckpt=[0, 8, 14, 20, 28] if f < 64 else [10, 12, 14, 16, 20, 24, 28], steps=6 if f < 64 else 4)
-       for m in ("DiT", "Latte", "PixArt") for n, f, z, b in (("256", 16, 256, 8), ("512", 16, 512, 2), ("64", 64, 512, 1))},
+    **{f"{m[0].lower()}{n}": dict(kind="train", model=f"{m}-XL/2", frames=f, size=z, batch=b, online=False, steps=s,
+                                  ckpt=[0, 8, 14, 20, 28] if f < 64 else [10, 12, 14, 16, 20, 24, 28],
+                                  label=f"{m} {f}x{z} cached" + " ckpt" * (f == 64))
+       for m in ("DiT", "Latte", "PixArt") for n, f, z, b, s in (("256", 16, 256, 8, 6), ("512", 16, 512, 2, 6),
+                                                                 ("64", 64, 512, 1, 4))},
     # sample.py end to end with v1.0's inference configs (T5-XXL in fp32, their sampler and dtype), one prompt: peak
     # memory and seconds per stage; m512h: T5 in bf16, m64v: 16 frames per VAE call, both in 10 steps (memory does not
     # depend on them); a512: m512 through app.py's request path (app.generate), to stand beside m512
-    **{f"m{n}": dict(kind="memory", config=f"configs/opensora/inference/{c}.py") for n, c in
-       (("256", "16x256x256"), ("512", "16x512x512"), ("64", "64x512x512"))},
     **{k: dict(kind="memory", config=f"configs/opensora/inference/{c}.py", **x,
-               overrides=["--scheduler.num_sampling_steps=10"])
-       for k, c, x in (("m512h", "16x512x512", dict(t5="bf16")), ("m64v", "64x512x512", dict(vae_micro=16)))},
-    "a512": dict(kind="memory", config="configs/opensora/inference/16x512x512.py", app=True),
+               label=f"{'app' if x.get('app') else 'sample'}.py {c}")
+       for k, c, x in (("m256", "16x256x256", {}), ("m512", "16x512x512", {}), ("m64", "64x512x512", {}),
+                       ("m512h", "16x512x512", dict(t5="bf16", overrides=["--scheduler.num_sampling_steps=10"])),
+                       ("m64v", "64x512x512", dict(vae_micro=16, overrides=["--scheduler.num_sampling_steps=10"])),
+                       ("a512", "16x512x512", dict(app=True)))},
     # and its image row: class-conditional DiT-XL/2 on 256x256 images, batch 128 (v1.0: 100 img/s/GPU on H800)
     "img": dict(kind="train", model="DiT-XL/2", condition="label_1000", frames=1, size=256, batch=128, ckpt=[0, 8, 28],
-                online=False, steps=8),
+                online=False, steps=8, label="DiT 1x256 images, classes"),
 }
-NAMES = {"t256": "train 16x256 online", "c256": "train 16x256 cached", "c512": "train 16x512 cached", "t512": "train 16x512 online",
-         "t64": "train 64x512 online ckpt", "c64": "train 64x512 cached ckpt", "l360": "train 360x512 cached ckpt",
-         "img": "DiT 1x256 images, classes", **{k: f"sample 16x{r['size']} " + ("dpm20+cfg" if r["steps"] == 20 else
-                                                "iddpm100") + (f" {r['cache'][:3]}" if r["cache"] else "")
-                                                for k, r in ROWS.items() if r["kind"] == "sample"},
-         **{k: f"{r['model'][:-5]} {r['frames']}x{r['size']} cached" + " ckpt" * (r["frames"] == 64)
-            for k, r in ROWS.items() if "model" in r and k != "img"},
-         **{k: f"{'app' if r.get('app') else 'sample'}.py {r['config'].split('/')[-1][:-3]}" for k, r in ROWS.items()
-            if r["kind"] == "memory"}}
+NAMES = {k: r.get("label") or f"train {r['frames']}x{r['size']} {'online' if r['online'] else 'cached'}"  # STDiT's
+         + " ckpt" * (r["ckpt"][0] > 0) for k, r in ROWS.items()}  # the table's names (the rows before --tiny, --set)
 
 
 # ----------------------------------------------------------------------------- FLOP count
@@ -140,18 +137,13 @@ def matmul_ceiling(device, n=8192, reps=20):
 
 
 # ----------------------------------------------------------------------------- building
-def on(device):
-    """Build modules directly on the GPU: random init of 4.7B T5 parameters on the CPU takes minutes."""
-    return torch.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def latent_size(args, frames, size):
     """The latent (T, h, w) of a (frames, size, size) clip under bench's VAE (the class's own down-sampling)."""
     return vaes.latent_size((frames, size, size), vaes.VideoAutoencoderKL.down_sampling(TINY_VAE if args.tiny else SD_VAE))
 
 
 def build_encoders(args, device, dtype, t5_dtype=None):
-    with on(device):
+    with device:  # built on the GPU directly: random init of 4.7B T5 parameters on the CPU takes minutes
         vae = vaes.VideoAutoencoderKL(from_pretrained=None, config=TINY_VAE if args.tiny else SD_VAE, dtype=dtype,
                                       device=device, micro_batch_size=args.vae_micro_batch)
         t5 = text.T5Encoder(from_pretrained=None, config=TINY_T5 if args.tiny else T5_XXL, model_max_length=120,
@@ -161,17 +153,17 @@ def build_encoders(args, device, dtype, t5_dtype=None):
     return vae, t5
 
 
-def build(args, latent, device, dtype, train, fast, row=None):
-    """The row's model (STDiT-XL/2 unless it names another): T5 captions for STDiT/PixArt, pooled CLIP-B/32 captions
-    (512 wide) or classes for DiT/Latte, as v1.0's configs."""
+def build(args, latent, device, dtype, train, fast, row=None, cfg=None):
+    """The row's model (STDiT-XL/2 unless it names another, or `cfg`: a config's model section): T5 captions for
+    STDiT/PixArt, pooled CLIP-B/32 captions (512 wide) or classes for DiT/Latte, as v1.0's configs."""
     kind = (row or {}).get("model", "STDiT-XL/2")
-    if kind.startswith(("STDiT", "PixArt")):
-        cfg, caption = dict(type=kind, space_scale=0.5 if latent[1] <= 32 else 1.0), args.caption_channels
+    if cfg or kind.startswith(("STDiT", "PixArt")):
+        cfg, caption = cfg or dict(type=kind, space_scale=0.5 if latent[1] <= 32 else 1.0), args.caption_channels
     else:
         cfg, caption = dict(type=kind, condition=row.get("condition", "text")), CLIP_WIDTH
-    cfg.update(TINY_MODEL if args.tiny else {})
+    cfg = cfg | (TINY_MODEL if args.tiny else {})
     torch.manual_seed(0)  # the same weights on every rank (ZeroAdamW checks)
-    with on(device):
+    with device:
         m = stdit.build_model(cfg, input_size=latent, in_channels=4, caption_channels=caption, model_max_length=120,
                               dtype=dtype)
     m = m.to(device, dtype).train(train)
@@ -246,8 +238,7 @@ def loss_curve(args, device, dtype):
         losses.append(parallel.all_reduce_mean(loss))  # SP peers hold the same loss; equal local batches: the mean
         args.log(f"step {i + 1} loss {losses[-1]:.6f}", flush=True)
     if args.losses_out and ctx.is_main:
-        with open(args.losses_out, "w") as f:
-            f.write("".join(f"{v!r}\n" for v in losses))
+        write_atomic(args.losses_out, "".join(f"{v!r}\n" for v in losses))
 
 
 def sample_row(args, row, vae, t5, device, dtype):
@@ -273,18 +264,14 @@ def memory_row(args, row, device):
     fp32 (ROW.t5=bf16) on the GPU -> the sidecar's seconds and peak GPU memory per stage. Peaks are torch's allocated
     bytes: a card also needs room for the CUDA context (~0.5 GiB) and the caching allocator."""
     cfg = load_config(row["config"], ["--batch_size=1", *row.get("overrides", [])])
-    frames = cfg["vae"].get("micro_batch_size") if row.get("vae_micro") is None else row["vae_micro"]
+    frames = row.get("vae_micro", cfg["vae"].get("micro_batch_size"))
     dtype = run_dtype(cfg["dtype"], device)
     vae, t5 = build_encoders(argparse.Namespace(**dict(vars(args), plain=True, vae_micro_batch=frames)), device, dtype,
                              DTYPES[row.get("t5", "fp32")])  # (plain: the VAE's encoder, unused here, not compiled)
-    with on(device):
-        model = stdit.build_model(cfg["model"] | dict(from_pretrained=None, **TINY_MODEL if args.tiny else {}),
-                                  input_size=vae.get_latent_size((cfg["num_frames"], *cfg["image_size"])),
-                                  in_channels=4, caption_channels=t5.output_dim, model_max_length=120, dtype=dtype)
-    model = model.to(device, dtype).eval()
+    model = build(args, vae.get_latent_size((cfg["num_frames"], *cfg["image_size"])), device, dtype, train=False,
+                  fast=not args.plain, cfg=cfg["model"] | dict(from_pretrained=None))
     with tempfile.TemporaryDirectory() as folder:
         if not args.plain and args.compile:  # as sample.py; a 2-step run first compiles the blocks (not timed)
-            model.compile_blocks()
             sample.generate(dict(cfg, scheduler=dict(cfg["scheduler"], num_sampling_steps=2)), model, vae, t5,
                             [CAPTION], [0], folder, device, dtype, progress=False)
         if row.get("app"):  # app.py's request path on the same models (T5 placed, then back to the CPU)
@@ -299,7 +286,7 @@ def memory_row(args, row, device):
             side = json.load(f)
     stages = ("text_encoder", "diffusion", "vae")
     peak = max(side[f"{s}_peak_gib"] or 0 for s in stages)
-    return (f"{NAMES[row['name']]:<30}{side['sampler']} {side['num_sampling_steps']:>3} {side['dtype']:<8}"
+    return (f"{row['label']:<30}{side['sampler']} {side['num_sampling_steps']:>3} {side['dtype']:<8}"
             f"T5 {row.get('t5', 'fp32')} {frames or 'all':>3} frames/VAE call  " +
             "  ".join(f"{s.split('_')[0]} {side[f'{s}_s']:6.1f} s {side[f'{s}_peak_gib'] or 0:5.1f} GiB" for s in stages)
             + f"  peak {peak:5.1f} GiB")
@@ -325,41 +312,34 @@ def check(args, device):
     """Same weights and inputs through (plain bf16, fast bf16) against fp32 plain: forward output and weight gradients
     of the model, in train mode (no caption dropout); the encoders' bf16 against fp32."""
     latent, B = (16, 32, 32) if not args.tiny else (4, 8, 8), 2
-    torch.manual_seed(0)
-    ref = build(args, latent, device, torch.float32, train=True, fast=False)
-    ref.y_embedder.dropout_prob = 0.0
-    with torch.no_grad():  # the layers initialised to zero (cross/temporal proj, output) must not hide differences
-        for p in ref.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
-    plain = build(args, latent, device, torch.bfloat16, train=True, fast=False)
-    fast = build(args, latent, device, torch.bfloat16, train=True, fast=True)
-    for m in (plain, fast):
-        m.load_state_dict(ref.state_dict())
+    ref = build(args, latent, device, torch.float32, train=True, fast=False)  # (build seeds the weights)
+    for p in (p for p in ref.parameters() if not p.any()):  # the layers initialised to zero (cross/temporal
+        p.data.normal_(0, 0.02)  # proj, output) drawn at random: they must not hide differences
+    plain, fast = (build(args, latent, device, torch.bfloat16, train=True, fast=f) for f in (False, True))
+    for m in (ref, plain, fast):
+        m.load_state_dict(ref.state_dict())  # (ref's own: a no-op)
         m.y_embedder.dropout_prob = 0.0
     x, t = torch.randn(B, 4, *latent, device=device), torch.tensor([10.0, 990.0], device=device)
     y = torch.randn(B, 1, 120, args.caption_channels, device=device)
     mask = (torch.arange(120, device=device) < torch.tensor([[120], [37]], device=device)).long()  # 120 and 37 tokens
-    results = {}
-    for name, m in (("fp32", ref), ("plain", plain), ("fast", fast)):
-        set_path(name == "fast")
-        for ckpt in (False, True):
+    results = {}  # path: (output, weight gradients)
+    for name, m in (("fp32", ref), ("plain bf16", plain), ("fast bf16", fast)):
+        set_path(m is fast)
+        for ckpt in (False,) if m is ref else (False, True):
             m.grad_checkpointing = ckpt
             m.zero_grad(set_to_none=True)
             out = m(x, t, y, mask)
             (out.float() * torch.linspace(-1, 1, out.numel(), device=device).view(out.shape)).sum().backward()
             grads = torch.cat([p.grad.float().flatten() for p in m.parameters()])
-            results[name, ckpt] = out.detach(), grads
+            results[name + " + ckpt" * ckpt] = out.detach(), grads
+    exact = results.pop("fp32")
     print(f"{'STDiT path':<28}{'out err':>10}{'grad err':>10}   (relative Frobenius error against fp32 plain)")
-    for (name, ckpt), (o, g) in results.items():
-        if name != "fp32":
-            print(f"{name + ' bf16' + (' + ckpt' if ckpt else ''):<28}{rel(o, results['fp32', False][0]):>10.2e}"
-                  f"{rel(g, results['fp32', False][1]):>10.2e}")
-    print(f"{'fast vs plain bf16':<28}{rel(results['fast', False][0], results['plain', False][0]):>10.2e}"
-          f"{rel(results['fast', False][1], results['plain', False][1]):>10.2e}")
-    del ref, plain, fast, results
-    set_path(True)
-    # encoders: bf16 (the speed path) against fp32, same weights
+    pairs = [(n, v, exact) for n, v in results.items()] + [("fast vs plain bf16", results["fast bf16"],
+                                                              results["plain bf16"])]
+    for name, (o, g), (o0, g0) in pairs:
+        print(f"{name:<28}{rel(o, o0):>10.2e}{rel(g, g0):>10.2e}")
+    del ref, plain, fast, results, exact
+    # encoders: bf16 (the speed path, set last above) against fp32, same weights
     v32, t32 = build_encoders(argparse.Namespace(**dict(vars(args), plain=True)), device, torch.float32)
     v16, t16 = build_encoders(args, device, torch.bfloat16)  # fast path: encoder compiled
     video = torch.rand(1, 3, 4, 256, 256, device=device) * 2 - 1
@@ -420,20 +400,17 @@ def loader_rate(csv_path, frames, size, batch, workers, samples):
 
 def window_seconds(path, at, frames=16, repeats=3, seek=True):
     """Median seconds to decode (data.decode's calls) a window of `frames` frames every 3rd starting `at` s in."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        total, start, step = video.frame_timing(path)
+    def window():
+        _, start, step = video.frame_timing(path)
         with av.open(path) as c:
             first = round(at * c.streams.video[0].average_rate)
         picks = np.linspace(first, first + 3 * frames - 1, frames, dtype=int).tolist()
         got = video.frames_seeking(path, picks, start, step) if seek else video.frames_from_start(path, picks)
         assert got is not None and len(got) == frames, path
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed(window, repeats, torch.device("cpu"), warmup=0))
 
 
-def loader_bench(clip_dir, workers=(1, 2), samples=8, feed=None):
+def loader_bench(clip_dir, workers, samples, feed):
     """Print the loader's samples/s per worker on generated 30 s clips (1080p and 4K, and 512p with a keyframe every
     second as prepare.py scenes writes) for bench.py's online training rows, the workers each row needs at `feed`
     samples/s, the cost of a window by position in a 60 s 1080p clip, and the cache's bytes per sample."""
@@ -448,7 +425,7 @@ def loader_bench(clip_dir, workers=(1, 2), samples=8, feed=None):
             rates = [loader_rate(csv_path, frames, size, batch, w, samples) / w for w in workers]
             per_worker[source, row] = rates[-1]
             print(f"| {source} | {row} b{batch} | " + " | ".join(f"{r:.2f}" for r in rates) + " |", flush=True)
-    for row, rate in (feed or {}).items():
+    for row, rate in feed.items():
         print(f"{row} at {rate} samples/s needs " + ", ".join(
             f"{math.ceil(rate / per_worker[source, row])} workers from {source}" for source in SOURCES))
     long = bench_clip(os.path.join(clip_dir, "1080p_60s.mp4"), 60, 1080, 1920)
@@ -499,13 +476,8 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # fp32 parts (loss, AdamW): tf32
     torch._dynamo.config.cache_size_limit = 64  # blocks share one graph; sampling and training shapes add a few
     torch._dynamo.config.automatic_dynamic_shapes = False  # a new batch size is a new static graph, not a dynamic one
-    if args.tiny:
-        for row in ROWS.values():
-            if row["kind"] == "memory":
-                row["overrides"] = ["--num_frames=4", "--image_size=(64, 64)", "--scheduler.num_sampling_steps=2"]
-            else:
-                row.update(size=64, frames=4, steps=2, batch=row.get("batch", 1) and 2) if row["kind"] == "train" else \
-                    row.update(size=64, frames=4, steps=3, repeat=1)
+    for row in ROWS.values() if args.tiny else ():
+        row.update(TINY_ROWS[row["kind"]])
     for key, value in (item.split("=", 1) for item in args.set):
         ROWS[key.split(".")[0]][key.split(".")[1]] = ast.literal_eval(value)
     set_path(not args.plain)
@@ -528,47 +500,41 @@ def main():
     for name in names:
         row = ROWS[name]
         if row["kind"] == "memory":  # sample.py's own stages, read from the sidecar of the video it wrote
-            stages.append(memory_row(args, dict(row, name=name), device))
+            stages.append(memory_row(args, row, device))
             log(stages[-1], flush=True)
             continue
-        train, cached = row["kind"] == "train", row["kind"] == "train" and not row["online"]
-        torch.cuda.empty_cache()  # (a no-op without CUDA)
-        sample.peak_gib(device)  # the row's peak is its own
-        t0 = time.perf_counter()
-        r = None
+        train, t0, r = row["kind"] == "train", time.perf_counter(), None
+        if t5 is not None:  # train.py with a latent cache builds no T5: its 9.5 GB are not part of this row
+            t5.model.to("cpu" if train and not row["online"] else device)
         for ckpt in row["ckpt"] if isinstance(row.get("ckpt"), list) else [row.get("ckpt")]:
-            if t5 is not None and cached:  # train.py with a latent cache builds no T5: its 9.5 GB are not part of this row
-                t5.model.to("cpu")
+            gc.collect()  # (what a failed try left)
+            torch.cuda.empty_cache()  # (a no-op without CUDA)
+            sample.peak_gib(device)  # the row's peak is its own
             try:  # the fewest checkpointed blocks that fit: each one recomputes its forward in the backward pass
                 fn, r = (train_row if train else sample_row)(args, dict(row, ckpt=ckpt), vae, t5, device, dtype)
                 r["times"] = timed(fn, row["steps"] if train else row["repeat"], device, warmup=2 if train else 1)
-                row = dict(row, ckpt=ckpt)
                 break
             except torch.cuda.OutOfMemoryError:  # try the next setting; a row that never fits says so in the table
                 log(f"{NAMES[name]}: OOM with ckpt={ckpt} at {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB",
                     flush=True)
-            finally:
-                if t5 is not None:
-                    t5.model.to(device)
             fn = r = None  # (outside the except clause: its traceback holds the failed step's tensors)
-            gc.collect()
-            torch.cuda.empty_cache()
-            sample.peak_gib(device)
         if r is None:
             lines.append(f"{NAMES[name]:<30}{'OOM':>9}  (batch {row.get('batch')})")
             continue
-        r["samples"] = r["per_call"] / statistics.median(r["times"])  # per GPU
-        del fn
+        del fn  # (its model, its optimizer: freed before the next row)
+        samples = r["per_call"] / statistics.median(r["times"])  # per GPU
         peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"), device=device)
         if dist.is_initialized():  # the fullest GPU
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        tflops = r["flops"] * r["samples"] / 1e12
-        setting = f"b{row['batch']} ck{int(row['ckpt'])}" if train else f"{statistics.median(r['times']):.3f} s"
+        tflops = r["flops"] * samples / 1e12
+        setting = f"b{row['batch']} ck{int(ckpt)}" if train else f"{statistics.median(r['times']):.3f} s"
         gpu = f"{tflops:>9.1f}{100 * tflops / ceiling:>6.1f}%{peak.item():>9.1f}" if cuda else f"{'-':>9}{'-':>7}{'-':>9}"
-        line = f"{NAMES[name]:<30}{setting:>9}{r['samples']:>10.3f}{r['ntok'] * r['samples']:>11.0f}{gpu}"
-        lines.append(line)
-        log(line, f"  [{time.perf_counter() - t0:.0f} s incl. build/compile; step times "
-                  f"{', '.join(f'{t:.3f}' for t in r['times'])}; {r['flops'] / 1e12:.2f} TFLOP/sample]", flush=True)
+        lines.append(f"{NAMES[name]:<30}{setting:>9}{samples:>10.3f}{r['ntok'] * samples:>11.0f}{gpu}")
+        log(lines[-1], f"  [{time.perf_counter() - t0:.0f} s incl. build/compile; step times "
+                       f"{', '.join(f'{t:.3f}' for t in r['times'])}; {r['flops'] / 1e12:.2f} TFLOP/sample]",
+            flush=True)
+    if t5 is not None:  # (for --profile)
+        t5.model.to(device)
     log(f"\n{'row':<30}{'setting':>9}{'samples/s':>10}{'tokens/s':>11}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>9}"
         + " per GPU" * (ctx.world_size > 1))
     log("\n".join(lines))
@@ -576,8 +542,8 @@ def main():
         log("\nsampling stages (sample.generate: T5, the diffusion model, the VAE; seconds and peak GPU memory)")
         log("\n".join(stages))
     log(f"torch {torch.__version__}, {ctx.world_size} x {torch.cuda.get_device_name() if cuda else 'cpu'} (dp "
-        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path{f', LoRA r{args.lora}' * bool(args.lora)}, bf16 ceiling {ceiling:.0f} "
-        f"TFLOP/s, {time.strftime('%Y-%m-%d')}")
+        f"{ctx.dp_size} x sp {ctx.sp_size}), {'plain' if args.plain else 'fast'} path"
+        f"{f', LoRA r{args.lora}' * bool(args.lora)}, bf16 ceiling {ceiling:.0f} TFLOP/s, {time.strftime('%Y-%m-%d')}")
     if args.profile:
         profile(args, args.profile, vae, t5, device, dtype)
     parallel.cleanup()
