@@ -172,8 +172,10 @@ def read_conditions(cfg, prompts):
     missing = [p for path in paths for p in path if not os.path.isfile(p)]
     if missing:
         raise BadInput(f"--reference-path {missing[0]}: no such file (an image or a video)")
-    for path, strategy in zip(paths, strategies):
-        parse_mask_strategy(strategy, len(path) + cfg["loop"] - 1, frames)  # a bad one: one line, now
+    dpm = (cfg["sample_scheduler"] or cfg["scheduler"])["type"] == "dpm-solver"
+    for path, strategy in zip(paths, strategies):  # a bad one: one line, now
+        if any(dpm and 0 < e[5] < 1 for e in parse_mask_strategy(strategy, len(path) + cfg["loop"] - 1, frames)):
+            raise BadInput("dpm-solver: edit ratios (0 < edit_ratio < 1) need the iddpm sampler; conditions (0) work")
     return [(path, strategy or None) for path, strategy in zip(paths, strategies)]
 
 
