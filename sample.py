@@ -96,8 +96,8 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     sidecars; return the paths. Every prompt through the text encoder (then, if free_text_encoder, T5 is dropped to
     make room; "cpu": moved there), then batch by batch the diffusion model, and the VAE one video at a time, each
     saved at once. An existing file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False:
-    sample, decode and write nothing (the other ranks of a sequence-parallel group). conditions: per prompt (reference paths, mask strategy),
-    read_conditions."""
+    sample, decode and write nothing (the other ranks of a sequence-parallel group). conditions: per prompt
+    (reference paths, mask strategy), read_conditions."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
     steps = getattr(scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None))  # model calls a video
@@ -260,9 +260,8 @@ def parse_args(argv):
     except argparse.ArgumentError as e:  # a flag's bad value (--seed abc): one line, not the usage text
         raise BadInput(f"sample.py {e} (sample.py --help lists the flags)") from e
     if unknown:
-        bad = unknown[0]
-        raise BadInput(f"{bad!r} is not a flag of sample.py nor an override --key=value: prompts go before the "
-                       f"overrides, and a prompt that starts with '-' after '--' (sample.py ... -- {bad!r})")
+        raise BadInput(f"{unknown[0]!r} is not a flag of sample.py nor an override --key=value: prompts go before the "
+                       f"overrides, and a prompt that starts with '-' after '--' (sample.py ... -- {unknown[0]!r})")
     args.prompts += argv[cut + 1:]
     if args.prompts and args.prompts[0].endswith(".py") and args.from_json is None:  # v1.0: the config comes first
         if args.config:
