@@ -27,18 +27,23 @@ TARGETS = r"blocks\.\d+\.(attn|attn_temp|cross_attn|mlp)\.(qkv|proj|q_linear|kv_
 PREFIX = "base_model.model."  # what PeftModel puts before the module names in its files
 
 
+def peft_config(cfg, **more):
+    """cfg["lora"] as peft's LoraConfig (more: its other fields)."""
+    from peft import LoraConfig
+    return LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
+                      target_modules=cfg["target_modules"] or TARGETS, **more)
+
+
 def add(model, cfg, base_name=None):
     """Load the base weights `base_name` into model (None: its own are the base, bench.py's random ones), then inject
     cfg's adapters (peft marks only them trainable; B is zero, so the model starts as the base). -> dict(name, sha256)
     of the base file, kept in every checkpoint."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
     if base_name:
         path, sd = newest_that_loads(resolve_weights(base_name), read_weights)
         load_weights(model, sd, path)
-    config = LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                        target_modules=cfg["target_modules"] or TARGETS)
     try:
-        inject_adapter_in_model(config, model)
+        inject_adapter_in_model(peft_config(cfg), model)
     except ValueError as e:  # no module matched
         raise BadInput(f"lora.target_modules={cfg['target_modules']!r}: {str(e)[:200]}") from e
     return dict(name=base_name, sha256=sha256(path)) if base_name else None
@@ -47,9 +52,7 @@ def add(model, cfg, base_name=None):
 def export(adapters, cfg, base, folder):
     """Adapters {our parameter name: tensor} -> folder: adapter_config.json, adapter_model.safetensors (peft's names)
     and a README naming the base. Returns folder."""
-    from peft import LoraConfig
-    config = LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                        target_modules=cfg["target_modules"] or TARGETS, base_model_name_or_path=base["name"])
+    config = peft_config(cfg, base_model_name_or_path=base["name"])
     write_atomic(os.path.join(folder, "adapter_config.json"), json.dumps(config.to_dict(), indent=1, default=sorted))
     with atomic(os.path.join(folder, "adapter_model.safetensors")) as tmp:
         save_file({PREFIX + k.replace(".default.", "."): v.detach().float().cpu().contiguous()

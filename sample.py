@@ -96,17 +96,15 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
     sidecars; return the paths. Every prompt through the text encoder (then, if free_text_encoder, T5 is dropped to
     make room; "cpu": moved there), then batch by batch the diffusion model, and the VAE one video at a time, each
     saved at once. An existing file is kept (the new video gets a -2, -3, .. suffix) unless overwrite. write=False:
-    sample, decode and write nothing (the other ranks of a sequence-parallel group). conditions: per prompt (reference paths, mask strategy),
-    read_conditions."""
+    sample, decode and write nothing (the other ranks of a sequence-parallel group). conditions: per prompt
+    (reference paths, mask strategy), read_conditions."""
     sched_cfg = cfg["sample_scheduler"] or cfg["scheduler"]
     scheduler = build_scheduler(sched_cfg)
     steps = getattr(scheduler, "num_timesteps", getattr(scheduler, "num_sampling_steps", None))  # model calls a video
     text_encoder.y_embedder = model.y_embedder  # the null caption is the model's learned embedding (v1.0)
     latent_size = vae.get_latent_size((cfg["num_frames"], *cfg["image_size"]))
     extra = dict(data_info=PixArtMS.data_info(cfg["image_size"], device, dtype)) if cfg["multi_resolution"] else {}
-    n = cfg["batch_size"]
-    batches = [slice(i, i + n) for i in range(0, len(prompts), n)]
-    show = progress and len(batches) > 1
+    batches = [slice(i, i + cfg["batch_size"]) for i in range(0, len(prompts), cfg["batch_size"])]
     peak_gib(device)
     t0 = clock(device)
     encoded = [{k: v.cpu() for k, v in text_encoder.encode(prompts[b]).items()} for b in batches]  # (CPU: any count)
@@ -122,7 +120,7 @@ def generate(cfg, model, vae, text_encoder, prompts, seeds, save_dir, device, dt
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         videos_in_run=len(prompts))
     paths, stats["diffusion_s"], stats["vae_s"] = [], 0.0, 0.0
-    for b, enc in zip(tqdm(batches, desc="sampling", disable=not show), encoded):
+    for b, enc in zip(tqdm(batches, desc="sampling", disable=not progress or len(batches) == 1), encoded):
         t0 = clock(device)
         generators = [torch.Generator(device).manual_seed(s) for s in seeds[b]]
         enc = {k: v.to(device) for k, v in enc.items()}
@@ -153,7 +151,7 @@ def save(video, side, save_dir, taken, overwrite):
         k += 1
         path = os.path.join(save_dir, f"{name}-{k}{ext}")
     write_video(path, video, side["fps"])
-    write_json(os.path.splitext(path)[0] + ".json", side)
+    write_atomic(os.path.splitext(path)[0] + ".json", json.dumps(side, indent=1, default=str))  # no half-written one
     return path
 
 
@@ -172,8 +170,10 @@ def read_conditions(cfg, prompts):
     missing = [p for path in paths for p in path if not os.path.isfile(p)]
     if missing:
         raise BadInput(f"--reference-path {missing[0]}: no such file (an image or a video)")
-    for path, strategy in zip(paths, strategies):
-        parse_mask_strategy(strategy, len(path) + cfg["loop"] - 1, frames)  # a bad one: one line, now
+    dpm = (cfg["sample_scheduler"] or cfg["scheduler"])["type"] == "dpm-solver"
+    for path, strategy in zip(paths, strategies):  # a bad one: one line, now
+        if any(dpm and 0 < e[5] < 1 for e in parse_mask_strategy(strategy, len(path) + cfg["loop"] - 1, frames)):
+            raise BadInput("dpm-solver: edit ratios (0 < edit_ratio < 1) need the iddpm sampler; conditions (0) work")
     return [(path, strategy or None) for path, strategy in zip(paths, strategies)]
 
 
@@ -204,19 +204,9 @@ def sample_batch(cfg, scheduler, steps, model, vae, text_encoder, z_size, prompt
     return torch.cat([clips[0]] + [c[:, :, keep:] for c in clips[1:]], dim=2)
 
 
-def versions():
-    found = {"python": platform.python_version()}
-    for package in ("torch", "numpy", "transformers", "diffusers", "av", "safetensors"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def write_json(path, obj):
-    """Atomically: an interrupted run leaves no half-written sidecar."""
-    write_atomic(path, json.dumps(obj, indent=1, default=str))
+def versions():  # (all of them are in requirements.txt)
+    packages = ("torch", "numpy", "transformers", "diffusers", "av", "safetensors")
+    return {"python": platform.python_version(), **{p: importlib.metadata.version(p) for p in packages}}
 
 
 def tuples(x):
@@ -254,27 +244,24 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False, exit_on_error=False)
     parser.add_argument("prompts", nargs="*", help="a config file (.py) first if no --config, then text prompts")
-    names = set()
     for key, (v1, kind, what) in FLAGS.items():
         spellings = sorted({f"--{key}", f"--{key.replace('_', '-')}"} | ({f"--{v1}"} if v1 else set()))
-        names |= set(spellings)
         parser.add_argument(*spellings, dest=key, type=kind, help=what,
                             action="append" if key in ("prompt", "lora") else "store",
                             nargs="+" if key in ("reference_path", "mask_strategy") else None)  # (one per prompt)
     parser.add_argument("--overwrite", action="store_true", help="replace existing videos of the same name")
     parser.add_argument("--skip_existing", "--skip-existing", action="store_true", help="go on after a stopped run: "
                         "make only the videos whose sidecar is not in save_dir")
-    names |= {"--overwrite", "--skip_existing", "--skip-existing"}
     cut = argv.index("--") if "--" in argv else len(argv)  # the prompts after '--' may start with '-'
+    names = parser._option_string_actions  # every spelling of every flag
     overrides = [a for a in argv[:cut] if a.startswith("--") and "=" in a and a.split("=")[0] not in names]
     try:
         args, unknown = parser.parse_known_intermixed_args([a for a in argv[:cut] if a not in overrides])
     except argparse.ArgumentError as e:  # a flag's bad value (--seed abc): one line, not the usage text
         raise BadInput(f"sample.py {e} (sample.py --help lists the flags)") from e
     if unknown:
-        bad = unknown[0]
-        raise BadInput(f"{bad!r} is not a flag of sample.py nor an override --key=value: prompts go before the "
-                       f"overrides, and a prompt that starts with '-' after '--' (sample.py ... -- {bad!r})")
+        raise BadInput(f"{unknown[0]!r} is not a flag of sample.py nor an override --key=value: prompts go before the "
+                       f"overrides, and a prompt that starts with '-' after '--' (sample.py ... -- {unknown[0]!r})")
     args.prompts += argv[cut + 1:]
     if args.prompts and args.prompts[0].endswith(".py") and args.from_json is None:  # v1.0: the config comes first
         if args.config:
@@ -319,13 +306,9 @@ def read_prompts(path, key):
 def configure(args, overrides):
     """The parsed command line -> (cfg, where it came from, what the weights must be: the sha256 a sidecar expects and
     the LoRA adapters): every check that needs no model, shared by app.py."""
-    expected_sha, adapters = None, []
-    if args.from_json:
-        cfg, expected_sha, adapters = read_sidecar(args, overrides)
-        where = args.from_json
-    else:
-        where = args.config or os.path.join(HERE, "configs/opensora/inference/16x256x256.py")
-        cfg = load_config(where, overrides)
+    where = args.from_json or args.config or os.path.join(HERE, "configs/opensora/inference/16x256x256.py")
+    cfg, expected_sha, adapters = read_sidecar(args, overrides) if args.from_json else (
+        load_config(where, overrides), None, [])
     sched = "sample_scheduler" if cfg["sample_scheduler"] else "scheduler"
     if sched == "sample_scheduler" and any(o.startswith(("--scheduler.", "--scheduler=")) for o in overrides):
         raise BadInput(f"{where} samples with sample_scheduler (type {cfg['sample_scheduler'].get('type')!r}), "
@@ -353,8 +336,7 @@ def build(cfg, ctx, log=print, expected=None, source=None):
                        "these are other weights; put the original file at its path")
     meta = dict(weights=dict(name=name, path=os.path.abspath(weights), sha256=digest))
     meta["lora"] = lora.check((expected or {}).get("lora", []), state, name)  # (--from_json: their sha256 checked too)
-    device = ctx.device
-    dtype = run_dtype(cfg["dtype"], device, log)
+    device, dtype = ctx.device, run_dtype(cfg["dtype"], ctx.device, log)
     vae = build_vae(cfg["vae"], device=device, dtype=dtype)
     text_encoder = build_text_encoder(cfg["text_encoder"], device="cpu")  # v1.0's fp32 unless text_encoder.dtype
     model = build_model(cfg["model"] | dict(from_pretrained=None), input_size=vae.get_latent_size(
@@ -362,8 +344,7 @@ def build(cfg, ctx, log=print, expected=None, source=None):
         model_max_length=text_encoder.model_max_length, dtype=dtype)
     load_weights(model, state, weights)
     del state
-    model = lora.merge(model, meta["lora"])  # in fp32, before the cast: no per-step cost
-    model = model.to(device, dtype).eval()
+    model = lora.merge(model, meta["lora"]).to(device, dtype).eval()  # merged in fp32, before the cast: no step cost
     if ctx.sp_size > 1:
         parallel.enable_sequence_parallel(model, ctx.sp_group)
     elif cfg["compile"] and device.type == "cuda":  # the fast path bench.py measures; CPU runs eager
@@ -376,11 +357,10 @@ def build(cfg, ctx, log=print, expected=None, source=None):
 def main():
     args, overrides = parse_args(sys.argv[1:])
     cfg, where, expected = configure(args, overrides)
-    prompts = args.prompts + (args.prompt or []) + read_prompts(args.prompt_path, "--prompt_path")
-    if not prompts and cfg["prompt"]:  # the config's prompts only when the command line gives none (as v1.0)
-        prompts = [cfg["prompt"]] if isinstance(cfg["prompt"], str) else list(cfg["prompt"])
-    if not prompts:
-        prompts = read_prompts(cfg["prompt_path"], f"prompt_path in {where}")
+    # the config's prompt, else its prompt_path, only when the command line gives none (as v1.0)
+    prompts = (args.prompts + (args.prompt or []) + read_prompts(args.prompt_path, "--prompt_path")
+               or ([cfg["prompt"]] if isinstance(cfg["prompt"], str) else list(cfg["prompt"] or []))
+               or read_prompts(cfg["prompt_path"], f"prompt_path in {where}"))
     if not prompts:
         raise BadInput("no prompts: give them on the command line, with --prompt or with --prompt_path")
     conditions = read_conditions(cfg, prompts)  # (checked before any model loads)

@@ -43,9 +43,8 @@ def settings(spec):
         if key not in knobs or key != "type" and type(value) not in (int, float):
             raise BadInput(f"cache.{key}={value!r}: {knobs['type']} takes numbers for {', '.join(list(knobs)[1:])}")
         knobs[key] = value
-    ok = knobs.get("threshold", 0) >= 0 and 0 <= knobs.get("start", 0) <= knobs.get("end", 1) <= 1 and all(
-        type(knobs.get(b, 1)) is int and knobs.get(b, 1) >= 1 for b in BRANCHES)
-    if not ok:
+    if not (knobs.get("threshold", 0) >= 0 and 0 <= knobs.get("start", 0) <= knobs.get("end", 1) <= 1 and all(
+            type(knobs.get(b, 1)) is int and knobs.get(b, 1) >= 1 for b in BRANCHES)):
         raise BadInput(f"cache={spec!r}: periods are whole numbers >= 1, 0 <= start <= end <= 1, threshold >= 0")
     return knobs
 
@@ -55,8 +54,8 @@ class StepCache:
     modulated input, the summed change since, and the blocks' last residual (TeaCache)."""
 
     def __init__(self, knobs, steps):
-        self.knobs, self.steps, self.step = knobs, steps, -1
-        self.plan = {}  # PAB: branch -> True (reuse the kept output) or False (compute and keep it); absent: compute
+        # plan (PAB): branch -> True (reuse the kept output) or False (compute and keep it); absent: compute
+        self.knobs, self.steps, self.step, self.plan = knobs, steps, -1, {}
         # TeaCache: block 0's last input and the change since; the blocks' last residual; reused: steps skipped
         # (TeaCache) or branch outputs each block reused (PAB)
         self.last, self.moved, self.residual, self.reused = None, 0.0, None, 0

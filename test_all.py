@@ -2860,6 +2860,18 @@ def test_sample_missing_weights_fail_before_encoders(tmp_path, monkeypatch):
     assert "https://huggingface.co/hpcai-tech/Open-Sora/resolve/main/OpenSora-v1-HQ-16x256x256.pth" in message
 
 
+def test_sample_unreadable_weights_and_edit_ratios_fail_before_encoders(tmp_path, monkeypatch):
+    """Weights that exist but cannot be read, and an edit ratio the config's DPM-Solver cannot sample: one line each
+    before the VAE and T5 are built (run_sample_main fails if they are built first)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert "empty.pt: empty file" in run_sample_main(monkeypatch, "shapes", "--ckpt", "empty.pt")
+    vio.write_video(str(tmp_path / "a.png"), torch.rand(3, 1, 8, 8) * 2 - 1)
+    message = run_sample_main(monkeypatch, "shapes", "--ckpt", "empty.pt", "--reference-path", "a.png",
+                              "--mask-strategy", "0,0,0,0,1,0.4")
+    assert message.startswith("dpm-solver: edit ratios") and "iddpm" in message
+
+
 def test_sample_refuses_scheduler_overrides_it_would_ignore(tmp_path, monkeypatch):
     # configs/shapes.py samples with its sample_scheduler: --scheduler.* would change nothing
     message = run_sample_main(monkeypatch, "shapes", "--ckpt", str(tmp_path), "--scheduler.num_sampling_steps=3")
@@ -2910,11 +2922,13 @@ def test_mask_strategies_of_the_readme_on_a_tiny_model(tmp_path):
              ("0,0,0,0,8,0.4", clip, 1), ("0", image, 3)]
     for sampler, (strategy, paths, loops) in [(s, c) for s in ("iddpm", "dpm-solver") for c in cases]:
         c, seen[:] = dict(cfg, reference_path=[paths], mask_strategy=[strategy], loop=loops), []
-        scheduler, conditions = build_scheduler(dict(type=sampler, num_sampling_steps=3)), sample.read_conditions(c, ["a"])
+        scheduler, conditions = build_scheduler(dict(type=sampler, num_sampling_steps=3)), sample.read_conditions(
+            dict(c, sample_scheduler=dict(type="iddpm")), ["a"])  # (c's dpm-solver refuses edit ratios there)
         args = (c, scheduler, 3, recording, vae, t5, (3, 8, 8, 8), ["a"], conditions, cpu, torch.float32, {}, None,
                 t5.encode(["a"]), False)
-        if sampler == "dpm-solver" and "0.4" in strategy:  # edit ratios: IDDPM's
+        if sampler == "dpm-solver" and "0.4" in strategy:  # edit ratios: IDDPM's (sample.py: before any model loads)
             assert "iddpm" in bad_input(sample.sample_batch, *args)
+            assert "iddpm" in bad_input(sample.read_conditions, c, ["a"])
             continue
         with torch.no_grad():
             out = sample.sample_batch(*args)
