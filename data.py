@@ -6,9 +6,10 @@ Making the CSV: prepare.py; the latent cache: cache.py; the CPU demo's toy set: 
 
 The CSV is Open-Sora v1.0's: rows `path,caption` (extra columns ignored), an optional header `path,caption` or
 `path,text`, relative paths joined to `root`, or without one to the CSV's folder (v1.0: the current folder; ours, so
-that a data folder with its CSV can move or be read from anywhere); read strictly (read_csv): a bad row is an error naming the file and line,
-never a row silently merged or made up. Videos are decoded with PyAV; images (by extension) are 1-frame clips
-repeated num_frames times, as v1.0 does (so num_frames=1 gives (3, 1, H, W), and images batch with videos).
+that a data folder with its CSV can move or be read from anywhere: video_path, which prepare.py follows too); read
+strictly (read_csv): a bad row is an error naming the file and line, never a row silently merged or made up. Videos
+are decoded with PyAV; images (by extension) are 1-frame clips repeated num_frames times, as v1.0 does (so
+num_frames=1 gives (3, 1, H, W), and images batch with videos).
 """
 import csv
 import io
@@ -34,6 +35,11 @@ def csv_text(rows):
 
 
 # ----------------------------------------------------------------------------- the data set
+def video_path(data_path, path, root=None):
+    """Where a row's video is: a relative path joined to root, or without one to the CSV's folder."""
+    return os.path.join(root or os.path.dirname(data_path), path)
+
+
 def read_csv(data_path, root=None):
     """[(path, caption)] from an Open-Sora v1.0 CSV. Strict, so that no row is lost or made up unnoticed: UTF-8 (a BOM
     is skipped), each row on its own line (a quote left open would swallow the rows after it), a first row that names
@@ -66,7 +72,7 @@ def read_csv(data_path, root=None):
         if len(row) < 2 or not row[1].strip():
             raise BadInput(f"{data_path}, line {n}: row {row!r} has no caption (rows are path,caption; python prepare.py "
                            "filter --remove_empty_caption drops such rows)")
-        samples.append((os.path.join(root or os.path.dirname(data_path), row[0]), row[1]))
+        samples.append((video_path(data_path, row[0], root), row[1]))
     if not samples:
         raise BadInput(f"{data_path}: no rows (expected path,caption rows)")
     return samples

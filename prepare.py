@@ -11,7 +11,8 @@ and the latent cache.
 CSV rows are Open-Sora v1.0's, no header: path,caption,num_frames,fps,height,width (v1.0's tools read num_frames as
 the third column; train.py reads the first two). folder, scenes and check run a pool of --workers processes with a
 progress bar, record each finished row in OUT.partial as they go (a re-run skips those: it resumes), and write OUT
-(and OUT's _bad.csv report: path,reason per bad row) only at the end, through a temporary file renamed.
+(and OUT's _bad.csv report: path,reason per bad row) only at the end, through a temporary file renamed. A relative
+video path in a CSV is relative to the CSV's folder, as train.py reads it (data.video_path); OUT's paths are absolute.
 """
 import argparse
 import csv
@@ -45,6 +46,12 @@ def read_rows(path):
             return [row for row in csv.reader(f) if any(c.strip() for c in row)]
     except (UnicodeDecodeError, csv.Error) as e:
         raise BadInput(f"{path}: not a CSV of UTF-8 text ({e}): give the path,caption CSV") from e
+
+
+def absolute(rows, src):
+    """rows of the CSV src, their video (the first column) an absolute path: a relative one is relative to src's
+    folder, as train.py reads it (data.video_path), whatever the current folder."""
+    return [[os.path.abspath(data.video_path(src, row[0]))] + row[1:] for row in rows]
 
 
 def bad_path(out):
@@ -156,7 +163,7 @@ def folder(src, out, captions=None, workers=4):
 def check(src, out, workers=4):
     """Decode every row of src: rows that decode go to out (num_frames, fps, height, width from the decoding: the
     frames that really decode), the others to the report with their reason."""
-    rows = read_rows(src)
+    rows = absolute(read_rows(src), src)
     results, journal = run_pool(check_row, rows, out, workers, f"checking {src}")
     good = [row[:2] + info for row, info in zip(rows, results) if not isinstance(info, str)]
     finish(out, good, [[row[0], info] for row, info in zip(rows, results) if isinstance(info, str)], journal)
@@ -185,7 +192,7 @@ def filter_rows(src, out, fmin=None, fmax=None, remove_empty_caption=False, remo
         if remove_empty_caption and not caption:
             continue
         good.append([row[0], caption] + row[2:])
-    finish(out, good, [])
+    finish(out, absolute(good, src), [])
 
 
 def scene_row(item):
@@ -235,7 +242,8 @@ def scenes(src, out_dir, out, min_seconds=1.0, max_seconds=10.0, shorter_size=0,
     """Every row's video cut at its scene changes (scene_row) into out_dir; out lists the clips."""
     if importlib.util.find_spec("scenedetect") is None:
         sys.exit("prepare.py scenes needs PySceneDetect (the library v1.0's tool used): pip install scenedetect")
-    items = [(row, os.path.abspath(out_dir), min_seconds, max_seconds, shorter_size) for row in read_rows(src)]
+    items = [(row, os.path.abspath(out_dir), min_seconds, max_seconds, shorter_size)
+             for row in absolute(read_rows(src), src)]
     results, journal = run_pool(scene_row, items, out, workers, f"cutting {src}")
     good = [clip for clips in results if not isinstance(clips, str) for clip in clips]
     finish(out, good, [[item[0][0], clips] for item, clips in zip(items, results) if isinstance(clips, str)], journal)
