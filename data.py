@@ -23,15 +23,10 @@ from errors import BadInput
 from video import BadSample, decode, resize_crop
 
 
-def warn(message):
-    print(f"data: {message}", file=sys.stderr, flush=True)
-
-
 def csv_text(rows):
     out = io.StringIO()
     csv.writer(out).writerows(rows)
     return out.getvalue()
-
 
 
 # ----------------------------------------------------------------------------- the data set
@@ -100,7 +95,7 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_path, num_frames=16, frame_interval=3, image_size=(256, 256), root=None, flip=True,
                  seed=0):
-        self.samples = read_csv(data_path, root)
+        self.data_path, self.samples = data_path, read_csv(data_path, root)
         self.num_frames, self.frame_interval, self.image_size = num_frames, frame_interval, tuple(image_size)
         self.flip, self.seed, self.epoch = flip, seed, 0
         self.bad = multiprocessing.RawArray("b", len(self.samples))  # 1: skipped; shared with forked workers
@@ -108,16 +103,7 @@ class VideoDataset(torch.utils.data.Dataset):
         for i, (path, _) in enumerate(self.samples):
             if not os.path.isfile(path):
                 self.mark_bad(i, "missing file")
-        for i in range(len(self.samples)):
-            if not self.bad[i]:
-                try:
-                    self.get(i, i)
-                    break
-                except BadSample as e:
-                    self.mark_bad(i, e)
-        else:
-            raise BadInput(f"{data_path}: none of its {len(self.samples)} rows is usable (missing or bad files, "
-                           f"warnings above; the first: {self.samples[0][0]})")
+        self[0]  # decodes rows until the first good one: BadInput if there is none
 
     def __len__(self):
         return len(self.samples)
@@ -134,7 +120,7 @@ class VideoDataset(torch.utils.data.Dataset):
             if not self.bad[i]:
                 self.bad[i] = 1
                 self.skipped.value += 1
-                warn(f"skipping {self.samples[i][0]}: {reason}")
+                print(f"data: skipping {self.samples[i][0]}: {reason}", file=sys.stderr, flush=True)
 
     def get(self, i, key):
         """Row i with the random draws of `key` (the index asked for); raises BadSample."""
@@ -153,7 +139,8 @@ class VideoDataset(torch.utils.data.Dataset):
                     return self.get(i, index)
                 except BadSample as e:
                     self.mark_bad(i, e)
-        raise RuntimeError(f"every one of the {len(self.samples)} samples is bad (see the warnings above)")
+        raise BadInput(f"{self.data_path}: none of its {len(self.samples)} rows is usable (missing or bad files, "
+                       f"warnings above; the first: {self.samples[0][0]})")
 
 
 def video_dataset(cfg):
