@@ -105,10 +105,7 @@ def describe(path):
     if video.not_a_file(path):
         return path, video.not_a_file(path)
     try:
-        if path.lower().endswith(video.IMAGE_EXTS):
-            total = 1
-        else:
-            total, _, _ = video.frame_timing(path)
+        total = 1 if path.lower().endswith(video.IMAGE_EXTS) else video.frame_timing(path)[0]
         container, stream = video.open_video(path)
         with container:
             return path, [total, f"{float(stream.average_rate or 0):.6g}", stream.height, stream.width]
@@ -118,12 +115,11 @@ def describe(path):
 
 def check_row(row):
     """Decode every frame of row[0]: (row, [num_frames, fps, height, width]) or (row, the reason it is bad)."""
-    path = row[0]
-    _, info = describe(path)
+    _, info = describe(row[0])
     if isinstance(info, str):
         return row, info
     try:
-        container, stream = video.open_video(path)
+        container, stream = video.open_video(row[0])
         with container:
             count = sum(1 for _ in container.decode(stream))
     except (av.FFmpegError, OSError) as e:
@@ -183,12 +179,9 @@ def filter_rows(src, out, fmin=None, fmax=None, remove_empty_caption=False, remo
             if not (fmin or 0) <= int(row[2]) <= (fmax if fmax is not None else math.inf):
                 continue
         caption = row[1].strip() if len(row) > 1 else ""
-        if remove_caption_prefix:
-            for prefix in CAPTION_PREFIXES:
-                if caption.startswith(prefix):
-                    caption = caption[len(prefix):].strip()
-                    caption = caption[:1].upper() + caption[1:]
-                    break
+        if remove_caption_prefix and caption.startswith(CAPTION_PREFIXES):
+            caption = next(caption[len(p):].strip() for p in CAPTION_PREFIXES if caption.startswith(p))
+            caption = caption[:1].upper() + caption[1:]
         if remove_empty_caption and not caption:
             continue
         good.append([row[0], caption] + row[2:])
@@ -253,27 +246,23 @@ def scenes(src, out_dir, out, min_seconds=1.0, max_seconds=10.0, shorter_size=0,
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    workers = dict(type=int, default=os.cpu_count(), help="processes (default: one a core)")
-    p = sub.add_parser("folder", help="a folder of videos -> CSV (captions from .txt files or --captions CSV)")
-    p.add_argument("src")
-    p.add_argument("out")
+
+    def command(name, help, *positional, workers=True):
+        p = sub.add_parser(name, help=help)
+        for arg in positional:
+            p.add_argument(arg)
+        if workers:
+            p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: one a core)")
+        return p
+
+    p = command("folder", "a folder of videos -> CSV (captions from .txt files or --captions CSV)", "src", "out")
     p.add_argument("--captions", help="a path,caption CSV to join (paths relative to src, or file names)")
-    p.add_argument("--workers", **workers)
-    p = sub.add_parser("scenes", help="cut every row's video at scene changes (pip install scenedetect)")
-    p.add_argument("src")
-    p.add_argument("out_dir")
-    p.add_argument("out")
+    p = command("scenes", "cut every row's video at scene changes (pip install scenedetect)", "src", "out_dir", "out")
     p.add_argument("--min_seconds", type=float, default=1.0)
     p.add_argument("--max_seconds", type=float, default=10.0)
     p.add_argument("--shorter_size", type=int, default=0, help="scale the shorter side down to this (0: keep)")
-    p.add_argument("--workers", **workers)
-    p = sub.add_parser("check", help="decode every row: good rows -> out, bad ones -> out's _bad.csv")
-    p.add_argument("src")
-    p.add_argument("out")
-    p.add_argument("--workers", **workers)
-    p = sub.add_parser("filter", help="v1.0 csvutil's filters")
-    p.add_argument("src")
-    p.add_argument("out")
+    command("check", "decode every row: good rows -> out, bad ones -> out's _bad.csv", "src", "out")
+    p = command("filter", "v1.0 csvutil's filters", "src", "out", workers=False)
     p.add_argument("--fmin", type=int)
     p.add_argument("--fmax", type=int)
     p.add_argument("--remove_empty_caption", action="store_true")
