@@ -61,13 +61,6 @@ SECTIONS = dict(model=model.MODELS, vae=vae.VAES, text_encoder=text.TEXT_ENCODER
                 sample_scheduler=diffusion.SCHEDULERS)  # a config's dicts with a `type` -> its constructors
 
 
-def parse_value(text):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def same_type(old, new):
     """May `new` replace `old`? The same type, None either way, or an int for a float (--lr=1) or for a bool
     (grad_checkpoint is True or a number of blocks)."""
@@ -125,7 +118,10 @@ def load_config(path, overrides=(), loaded=None):
         if parents and leaf not in node and leaf not in keywords(".".join(parents), node.get("type")):
             kind = f" (type {node['type']!r})" if "type" in node else ""
             raise BadInput(f"override --{key}: '{leaf}' is not a key of {'.'.join(parents)}{kind} in {path}")
-        new = parse_value(value)
+        try:
+            new = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            new = value  # a plain string: --outputs=runs/a
         if not same_type(node.get(leaf), new):
             kind = type(node[leaf]).__name__
             raise BadInput(f"override --{key}={value}: {type(new).__name__} where {path} has {kind} {node[leaf]!r}: "
@@ -142,9 +138,7 @@ def writable(key, folder):
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     try:
-        if not os.path.isdir(parent):
-            raise NotADirectoryError(f"{parent} is a file")
-        tempfile.TemporaryFile(dir=parent).close()
+        tempfile.TemporaryFile(dir=parent).close()  # (NotADirectoryError if parent is a file)
     except OSError as e:
         raise BadInput(f"{key}={folder!r}: cannot write there ({e.strerror or e}): choose a writable folder") from e
 
