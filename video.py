@@ -203,17 +203,16 @@ def decode(path, num_frames, frame_interval, generator, seek=True):
         raise BadSample(not_a_file(path))
     try:
         if path.lower().endswith(IMAGE_EXTS):  # v1.0: an image is repeated num_frames times
-            container, stream = open_video(path)
-            with container:
-                return np.repeat(next(container.decode(stream)).to_ndarray(format="rgb24")[None], num_frames, axis=0)
-        total, start, step = frame_timing(path)
-        picks = frame_indices(total, num_frames, frame_interval, generator)
-        got = frames_seeking(path, picks, start, step) if seek and step is not None else None
+            picks, got = [0] * num_frames, None
+        else:
+            total, start, step = frame_timing(path)
+            picks = frame_indices(total, num_frames, frame_interval, generator)
+            got = frames_seeking(path, picks, start, step) if seek and step is not None else None
         if got is None:
             got = frames_from_start(path, picks)
-    except (av.FFmpegError, OSError, StopIteration) as e:  # InvalidDataError for a cut mp4, permission errors, ...
+    except (av.FFmpegError, OSError) as e:  # InvalidDataError for a cut mp4, permission errors, ...
         raise BadSample(f"unreadable: {type(e).__name__}: {e}") from e
-    if len(got) < len(picks):
+    if len(got) < len(set(picks)):
         raise BadSample(f"truncated: decoded {len(got)} of the {len(picks)} frames needed (frame {picks[-1]})")
     return np.stack([got[k] for k in picks])
 
