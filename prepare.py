@@ -15,6 +15,7 @@ progress bar, record each finished row in OUT.partial as they go (a re-run skips
 video path in a CSV is relative to the CSV's folder, as train.py reads it (data.video_path); OUT's paths are absolute.
 """
 import argparse
+import contextlib
 import csv
 import importlib.util
 import json
@@ -68,11 +69,9 @@ def run_pool(fn, items, out, workers, desc):
     if os.path.exists(journal):
         with open(journal) as f:
             for line in f:
-                try:
+                with contextlib.suppress(ValueError):  # the line an interruption cut short: that item runs again
                     item, result = json.loads(line)
                     done[json.dumps(item)] = result
-                except ValueError:
-                    pass  # the line an interruption cut short: that item runs again
     todo = [item for item in items if json.dumps(item) not in done]
     if done:
         print(f"{journal}: resuming, {len(items) - len(todo)} of {len(items)} rows already done")
@@ -242,6 +241,17 @@ def scenes(src, out_dir, out, min_seconds=1.0, max_seconds=10.0, shorter_size=0,
     finish(out, good, [[item[0][0], clips] for item, clips in zip(items, results) if isinstance(clips, str)], journal)
 
 
+def make_cache(config, overrides):
+    """config's data set encoded into its cache_dir (cache.build_cache); under torchrun each rank writes its shards."""
+    cfg = load_config(config, overrides)
+    validate(cfg, "cache")
+    toy.ensure_shapes(cfg)
+    rank, world, local = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    build_cache(cfg, f"cuda:{local}" if torch.cuda.is_available() else "cpu", rank=rank, world_size=world)
+    print(f"rank {rank}: its shards are written" if world > 1 else
+          f"{cfg['cache_dir']}: complete ({CachedDataset(cfg).num_skipped} rows skipped)")
+
+
 # ----------------------------------------------------------------------------- command line
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,17 +284,7 @@ def main(argv):
     args = vars(parser.parse_args(argv))  # each command's flags are its function's parameters
     if args.get("workers", 1) < 1:
         raise BadInput(f"--workers {args['workers']}: give 1 or more processes")
-    command = dict(folder=folder, scenes=scenes, check=check, filter=filter_rows).get(args.pop("command"))
-    if command:
-        command(**args)
-    else:
-        cfg = load_config(args["config"], args["overrides"])
-        validate(cfg, "cache")
-        toy.ensure_shapes(cfg)
-        rank, world, local = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-        build_cache(cfg, f"cuda:{local}" if torch.cuda.is_available() else "cpu", rank=rank, world_size=world)
-        print(f"rank {rank}: its shards are written" if world > 1 else
-              f"{cfg['cache_dir']}: complete ({CachedDataset(cfg).num_skipped} rows skipped)")
+    dict(folder=folder, scenes=scenes, check=check, filter=filter_rows, cache=make_cache)[args.pop("command")](**args)
 
 
 if __name__ == "__main__":
