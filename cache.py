@@ -145,11 +145,7 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
         out = []
         for i in rows:
             try:
-                views = []
-                for epoch in range(windows):
-                    dataset.set_epoch(epoch)
-                    views.append(dataset.get(i, i))
-                out.append((i, views))
+                out.append((i, [dataset.get(i, i, epoch) for epoch in range(windows)]))
             except BadSample as e:
                 dataset.mark_bad(i, e)
         return out
@@ -180,9 +176,7 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
                               y=(y.bfloat16() if y.is_floating_point() else y).cpu(), lengths=lengths.cpu()))
         out = dict(index=torch.tensor(index, dtype=torch.int64))
         if parts:  # an all-bad shard holds only its index
-            out |= {n: torch.cat([p[n] for p in parts]) for n in ("latents", "std", "y", "lengths")}
-            if not cfg["cache_posterior"]:
-                del out["std"]
+            out |= {n: torch.cat([p[n] for p in parts]) for n in parts[0] if n != "std" or cfg["cache_posterior"]}
         with atomic(shard_path(cache_dir, k)) as tmp:
             save_file({n: t.contiguous() for n, t in out.items()}, tmp, metadata=dict(captions=json.dumps(texts)))
     return todo

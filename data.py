@@ -122,9 +122,9 @@ class VideoDataset(torch.utils.data.Dataset):
                 self.skipped.value += 1
                 print(f"data: skipping {self.samples[i][0]}: {reason}", file=sys.stderr, flush=True)
 
-    def get(self, i, key):
-        """Row i with the random draws of `key` (the index asked for); raises BadSample."""
-        g = draws(self.seed, self.epoch, key)
+    def get(self, i, key, epoch):
+        """Row i with the random draws of `key` (the index asked for) in `epoch`; raises BadSample."""
+        g = draws(self.seed, epoch, key)
         path, text = self.samples[i]
         x = torch.from_numpy(decode(path, self.num_frames, self.frame_interval, g)).permute(0, 3, 1, 2)  # (T, 3, H, W)
         flip = bool(self.flip and torch.rand((), generator=g) < 0.5)
@@ -136,7 +136,7 @@ class VideoDataset(torch.utils.data.Dataset):
             i = (index + j) % len(self.samples)
             if not self.bad[i]:
                 try:
-                    return self.get(i, index)
+                    return self.get(i, index, self.epoch)
                 except BadSample as e:
                     self.mark_bad(i, e)
         raise BadInput(f"{self.data_path}: none of its {len(self.samples)} rows is usable (missing or bad files, "
