@@ -156,10 +156,9 @@ def validate(cfg, command, run_dir=None):
                 "max_bad_steps", "num_workers", "make_shapes", "seed"):
         low = 0 if key in ("num_workers", "make_shapes", "seed") else 1
         need(type(cfg[key]) is int and cfg[key] >= low, key, f"give a whole number >= {low}")
-    need(cfg["max_steps"] is None or type(cfg["max_steps"]) is int and cfg["max_steps"] >= 1, "max_steps",
-         "give a number of steps >= 1, or None to train `epochs` epochs")
-    need(cfg["keep_last"] is None or type(cfg["keep_last"]) is int and cfg["keep_last"] >= 1, "keep_last",
-         "give how many checkpoints to keep (>= 1), or None to keep them all")
+    for key, what in (("max_steps", "a number of steps >= 1, or None to train `epochs` epochs"),
+                      ("keep_last", "how many checkpoints to keep (>= 1), or None to keep them all")):
+        need(cfg[key] is None or type(cfg[key]) is int and cfg[key] >= 1, key, f"give {what}")
     number = lambda v: type(v) in (int, float)  # noqa: E731
     for key in ("lr", "fps"):
         need(number(cfg[key]) and cfg[key] > 0, key, "give a number > 0")
