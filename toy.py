@@ -50,9 +50,7 @@ def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
 def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8, csv_name="train.csv"):
     """Write num toy clips (all 32 captions in turn, random positions and speeds) and out_dir/csv_name (paths relative
     to it, no header); return the CSV's path. For a config's data_path: out_dir = its folder, csv_name = its name."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(out_dir or ".", exist_ok=True)  # data_path="train.csv": the current folder
-    rows = []
+    rng, rows = np.random.default_rng(seed), []  # (the folder is made by the first write: errors.atomic)
     for n in range(num):
         caption = SHAPES_PROMPTS[n % len(SHAPES_PROMPTS)]
         _, colour, shape, _, direction = caption.split()
