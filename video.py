@@ -32,10 +32,10 @@ def to_uint8(frames):
     return frames
 
 
-def write_video(path, frames, fps=8, crf=10, codec="libx264", options=None):
+def write_video(path, frames, fps=8, codec="libx264", options=None):
     """Write frames (see to_uint8, or any iterable of uint8 (H, W, 3) arrays or av.VideoFrames: streamed) as a video,
     or a one-frame clip as a PNG when path ends in .png (lossless), atomically; return path. The extension picks the
-    container; options: the encoder's (default {"crf": crf}). Odd sizes are padded by edge repeats for video. crf 10
+    container; options: the encoder's (default {"crf": "10"}). Odd sizes are padded by edge repeats for video. crf 10
     (default 23) keeps small pure-colour clips faithful. Below 32 pixels yuv444p, not yuv420p: half-resolution colour
     blurs a 2x2-pixel shape into black (an 8x8 demo sample's blue read back at 126 instead of 194)."""
     png = path.lower().endswith(".png")
@@ -55,7 +55,7 @@ def write_video(path, frames, fps=8, crf=10, codec="libx264", options=None):
                     stream = container.add_stream("png")
                 else:
                     stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                    stream.options = {"crf": str(crf)} if options is None else options
+                    stream.options = {"crf": "10"} if options is None else options
                 stream.width, stream.height = frame.width, frame.height
                 stream.pix_fmt = "rgb24" if png else "yuv444p" if min(frame.width, frame.height) < 32 else "yuv420p"
             frame.pts = None  # numbered by the encoder (a decoded frame would keep its source's pts)
