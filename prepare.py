@@ -19,7 +19,6 @@ import contextlib
 import csv
 import importlib.util
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -99,7 +98,7 @@ def finish(out, good, bad, journal=None):
 
 
 def describe(path):
-    """(path, [num_frames, fps, height, width]) from the container's header (num_frames: the count data.decode uses),
+    """(path, [num_frames, fps, height, width]) from the container's header (num_frames: the count video.decode uses),
     or (path, the reason it cannot be read)."""
     if video.not_a_file(path):
         return path, video.not_a_file(path)
@@ -175,7 +174,7 @@ def filter_rows(src, out, fmin=None, fmax=None, remove_empty_caption=False, remo
             if len(row) < 3 or not row[2].strip().isdigit():
                 raise BadInput(f"{src}, row {n}: no num_frames in its third column ({row[:3]}): run check (or folder) "
                                "first")
-            if not (fmin or 0) <= int(row[2]) <= (fmax if fmax is not None else math.inf):
+            if fmin is not None and int(row[2]) < fmin or fmax is not None and int(row[2]) > fmax:
                 continue
         caption = row[1].strip() if len(row) > 1 else ""
         if remove_caption_prefix and caption.startswith(CAPTION_PREFIXES):
