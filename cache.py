@@ -155,16 +155,15 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
     for k in tqdm(todo, desc=f"caching {cfg['data_path']}", dynamic_ncols=True, disable=rank != 0):
         rows = [i for i in range(k * SHARD, min((k + 1) * SHARD, len(dataset))) if not dataset.bad[i]]
         index, texts, parts = [], [], []
-        for group in torch.utils.data.DataLoader(rows, batch_size=max(1, cfg["batch_size"] // windows),
+        for good in torch.utils.data.DataLoader(rows, batch_size=max(1, cfg["batch_size"] // windows),
                                                  num_workers=cfg["num_workers"], collate_fn=clips):
-            if not group:
+            if not good:  # (clips left out the bad rows: here all of them)
                 continue
-            index += [i for i, _ in group]
-            good = [views for _, views in group]
-            texts += [views[0]["text"] for views in good]
-            x = torch.stack([s["video"] for views in good for s in views]).to(device, dtype)  # (B*W, 3, T, H, W)
+            index += [i for i, _ in good]
+            texts += [views[0]["text"] for _, views in good]
+            x = torch.stack([s["video"] for _, views in good for s in views]).to(device, dtype)  # (B*W, 3, T, H, W)
             mean, std = (t.unflatten(0, (len(good), windows)) for t in vae.posterior(x))  # (B, W, C, T, h, w) each
-            text = text_encoder.encode([views[0]["text"] for views in good])
+            text = text_encoder.encode([views[0]["text"] for _, views in good])
             if "mask" in text:  # T5 tokens: the kept ones only
                 lengths = text["mask"].sum(1)
                 if (text["mask"].int().diff(dim=1) > 0).any():  # a 1 after a 0
