@@ -9,6 +9,10 @@ import os
 import numpy as np
 import torch
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
 from data import draws, video_dataset
 from errors import BadInput, atomic, write_atomic
 from text import build_text_encoder
@@ -59,8 +63,6 @@ def shard_path(cache_dir, k):
 def whole(path):
     """Is the shard whole: safetensors' open checks that the file is as long as its header says (not cut short, not
     emptied, not missing)?"""
-    from safetensors import safe_open
-
     try:
         with safe_open(path, "pt"):
             return True
@@ -75,12 +77,11 @@ def cache_complete(cfg):
 
 class CachedDataset(torch.utils.data.Dataset):
     """A cache written by build_cache: dict(latent=float32 (C, T, h, w), y=bf16 (1, L, C') zero-padded, mask=(L,) int64,
-    text=str); no mask for a pooled CLIP caption (y (1, 1, C')) or a class id (y int64). Epoch e (set_epoch) reads clip e % cache_windows of each row; with the posterior, latent = mean + std *
-    noise, the noise drawn from (seed, epoch, index) like VideoDataset's windows: any worker, a resumed run, alike."""
+    text=str); no mask for a pooled CLIP caption (y (1, 1, C')) or a class id (y int64). Epoch e (set_epoch) reads
+    clip e % cache_windows of each row; with the posterior, latent = mean + std * noise, the noise drawn from (seed,
+    epoch, index) like VideoDataset's windows: any worker, a resumed run, alike."""
 
     def __init__(self, cfg):
-        from safetensors import safe_open
-
         meta = read_meta(cfg)
         paths = [shard_path(cfg["cache_dir"], k) for k in range(meta["shards"])] if meta else [cfg["cache_dir"]]
         bad = [p for p in paths if not whole(p)]
@@ -109,8 +110,6 @@ class CachedDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index):
-        from safetensors import safe_open
-
         k, r, text, start, n = self.rows[index]
         if k not in self.files:  # opened lazily, so in each worker (memory-mapped)
             self.files[k] = safe_open(shard_path(self.cache_dir, k), "pt")
@@ -132,8 +131,6 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
     """Encode this rank's shards of cfg's data set into cfg["cache_dir"] (the format: above); shards
     already written are kept (a re-run resumes). cfg["num_workers"] DataLoader workers decode the clips. Returns the
     shard numbers written."""
-    from safetensors.torch import save_file
-    from tqdm import tqdm
 
     dataset, windows = video_dataset(cfg), cfg["cache_windows"]
     vae = build_vae(cfg["vae"], device, dtype)
@@ -145,54 +142,40 @@ def build_cache(cfg, device=None, dtype=torch.float32, rank=0, world_size=1):
                     masked=cfg["text_encoder"]["type"] == "t5")
         write_atomic(os.path.join(cache_dir, "meta.json"), json.dumps(meta, indent=1))
 
-    def clips(rows):  # in a DataLoader worker: [(i, row i's clips of epochs 0..W-1, or why it is bad)]
+    def clips(rows):  # in a DataLoader worker: [(i, row i's clips of epochs 0..W-1)]; bad rows marked (shared memory)
         out = []
         for i in rows:
             try:
-                views = []
-                for epoch in range(windows):
-                    dataset.set_epoch(epoch)
-                    views.append(dataset.get(i, i))
-                out.append((i, views))
+                out.append((i, [dataset.get(i, i, epoch) for epoch in range(windows)]))
             except BadSample as e:
-                out.append((i, str(e)))
+                dataset.mark_bad(i, e)
         return out
 
     todo = [k for k in range(rank, shards, world_size) if not whole(shard_path(cache_dir, k))]  # (a bad one again)
     for k in tqdm(todo, desc=f"caching {cfg['data_path']}", dynamic_ncols=True, disable=rank != 0):
         rows = [i for i in range(k * SHARD, min((k + 1) * SHARD, len(dataset))) if not dataset.bad[i]]
         index, texts, parts = [], [], []
-        for group in torch.utils.data.DataLoader(rows, batch_size=max(1, cfg["batch_size"] // windows),
+        for good in torch.utils.data.DataLoader(rows, batch_size=max(1, cfg["batch_size"] // windows),
                                                  num_workers=cfg["num_workers"], collate_fn=clips):
-            for i, views in group:
-                if isinstance(views, str):
-                    dataset.mark_bad(i, views)
-            good = [views for _, views in group if not isinstance(views, str)]
-            if not good:
+            if not good:  # (clips left out the bad rows: here all of them)
                 continue
-            index += [i for i, views in group if not isinstance(views, str)]
-            texts += [views[0]["text"] for views in good]
-            x = torch.stack([s["video"] for views in good for s in views]).to(device, dtype)  # (B*W, 3, T, H, W)
-            mean, std = vae.posterior(x)  # (B*W, C, T, h, w) each
-            text = text_encoder.encode([views[0]["text"] for views in good])
+            index += [i for i, _ in good]
+            texts += [views[0]["text"] for _, views in good]
+            x = torch.stack([s["video"] for _, views in good for s in views]).to(device, dtype)  # (B*W, 3, T, H, W)
+            mean, std = (t.unflatten(0, (len(good), windows)) for t in vae.posterior(x))  # (B, W, C, T, h, w) each
+            text = text_encoder.encode([views[0]["text"] for _, views in good])
             if "mask" in text:  # T5 tokens: the kept ones only
                 lengths = text["mask"].sum(1)
-                if not torch.equal(text["mask"].bool(), torch.arange(text["mask"].shape[1], device=lengths.device)
-                                   < lengths[:, None]):
+                if (text["mask"].int().diff(dim=1) > 0).any():  # a 1 after a 0
                     raise ValueError("the text encoder's mask is not a prefix of ones: the cache cannot drop padding")
                 y = torch.cat([y[0, :n] for y, n in zip(text["y"], lengths.tolist())])  # (kept tokens, C')
             else:  # CLIP's one pooled vector (B, 1, 1, C') or class ids (B,): one row each
                 y, lengths = text["y"].flatten(1) if text["y"].ndim > 1 else text["y"], torch.ones(len(good), dtype=int)
             parts.append(dict(latents=mean.bfloat16().cpu(), std=std.bfloat16().cpu(),
-                              y=(y.bfloat16() if y.is_floating_point() else y).cpu(),
-                              lengths=lengths.cpu()))
+                              y=(y.bfloat16() if y.is_floating_point() else y).cpu(), lengths=lengths.cpu()))
         out = dict(index=torch.tensor(index, dtype=torch.int64))
         if parts:  # an all-bad shard holds only its index
-            out |= {n: torch.cat([p[n] for p in parts]) for n in ("latents", "std", "y", "lengths")}
-            for n in ("latents", "std"):
-                out[n] = out[n].unflatten(0, (len(index), windows))  # (n, W, C, T, h, w)
-            if not cfg["cache_posterior"]:
-                del out["std"]
+            out |= {n: torch.cat([p[n] for p in parts]) for n in parts[0] if n != "std" or cfg["cache_posterior"]}
         with atomic(shard_path(cache_dir, k)) as tmp:
             save_file({n: t.contiguous() for n, t in out.items()}, tmp, metadata=dict(captions=json.dumps(texts)))
     return todo

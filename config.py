@@ -61,13 +61,6 @@ SECTIONS = dict(model=model.MODELS, vae=vae.VAES, text_encoder=text.TEXT_ENCODER
                 sample_scheduler=diffusion.SCHEDULERS)  # a config's dicts with a `type` -> its constructors
 
 
-def parse_value(text):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def same_type(old, new):
     """May `new` replace `old`? The same type, None either way, or an int for a float (--lr=1) or for a bool
     (grad_checkpoint is True or a number of blocks)."""
@@ -125,7 +118,10 @@ def load_config(path, overrides=(), loaded=None):
         if parents and leaf not in node and leaf not in keywords(".".join(parents), node.get("type")):
             kind = f" (type {node['type']!r})" if "type" in node else ""
             raise BadInput(f"override --{key}: '{leaf}' is not a key of {'.'.join(parents)}{kind} in {path}")
-        new = parse_value(value)
+        try:
+            new = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            new = value  # a plain string: --outputs=runs/a
         if not same_type(node.get(leaf), new):
             kind = type(node[leaf]).__name__
             raise BadInput(f"override --{key}={value}: {type(new).__name__} where {path} has {kind} {node[leaf]!r}: "
@@ -142,9 +138,7 @@ def writable(key, folder):
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     try:
-        if not os.path.isdir(parent):
-            raise NotADirectoryError(f"{parent} is a file")
-        tempfile.TemporaryFile(dir=parent).close()
+        tempfile.TemporaryFile(dir=parent).close()  # (NotADirectoryError if parent is a file)
     except OSError as e:
         raise BadInput(f"{key}={folder!r}: cannot write there ({e.strerror or e}): choose a writable folder") from e
 
@@ -162,10 +156,9 @@ def validate(cfg, command, run_dir=None):
                 "max_bad_steps", "num_workers", "make_shapes", "seed"):
         low = 0 if key in ("num_workers", "make_shapes", "seed") else 1
         need(type(cfg[key]) is int and cfg[key] >= low, key, f"give a whole number >= {low}")
-    need(cfg["max_steps"] is None or type(cfg["max_steps"]) is int and cfg["max_steps"] >= 1, "max_steps",
-         "give a number of steps >= 1, or None to train `epochs` epochs")
-    need(cfg["keep_last"] is None or type(cfg["keep_last"]) is int and cfg["keep_last"] >= 1, "keep_last",
-         "give how many checkpoints to keep (>= 1), or None to keep them all")
+    for key, what in (("max_steps", "a number of steps >= 1, or None to train `epochs` epochs"),
+                      ("keep_last", "how many checkpoints to keep (>= 1), or None to keep them all")):
+        need(cfg[key] is None or type(cfg[key]) is int and cfg[key] >= 1, key, f"give {what}")
     number = lambda v: type(v) in (int, float)  # noqa: E731
     for key in ("lr", "fps"):
         need(number(cfg[key]) and cfg[key] > 0, key, "give a number > 0")

@@ -6,9 +6,10 @@ Making the CSV: prepare.py; the latent cache: cache.py; the CPU demo's toy set: 
 
 The CSV is Open-Sora v1.0's: rows `path,caption` (extra columns ignored), an optional header `path,caption` or
 `path,text`, relative paths joined to `root`, or without one to the CSV's folder (v1.0: the current folder; ours, so
-that a data folder with its CSV can move or be read from anywhere); read strictly (read_csv): a bad row is an error naming the file and line,
-never a row silently merged or made up. Videos are decoded with PyAV; images (by extension) are 1-frame clips
-repeated num_frames times, as v1.0 does (so num_frames=1 gives (3, 1, H, W), and images batch with videos).
+that a data folder with its CSV can move or be read from anywhere: video_path, which prepare.py follows too); read
+strictly (read_csv): a bad row is an error naming the file and line, never a row silently merged or made up. Videos
+are decoded with PyAV; images (by extension) are 1-frame clips repeated num_frames times, as v1.0 does (so
+num_frames=1 gives (3, 1, H, W), and images batch with videos).
 """
 import csv
 import io
@@ -22,18 +23,18 @@ from errors import BadInput
 from video import BadSample, decode, resize_crop
 
 
-def warn(message):
-    print(f"data: {message}", file=sys.stderr, flush=True)
-
-
 def csv_text(rows):
     out = io.StringIO()
     csv.writer(out).writerows(rows)
     return out.getvalue()
 
 
-
 # ----------------------------------------------------------------------------- the data set
+def video_path(data_path, path, root=None):
+    """Where a row's video is: a relative path joined to root, or without one to the CSV's folder."""
+    return os.path.join(root or os.path.dirname(data_path), path)
+
+
 def read_csv(data_path, root=None):
     """[(path, caption)] from an Open-Sora v1.0 CSV. Strict, so that no row is lost or made up unnoticed: UTF-8 (a BOM
     is skipped), each row on its own line (a quote left open would swallow the rows after it), a first row that names
@@ -66,7 +67,7 @@ def read_csv(data_path, root=None):
         if len(row) < 2 or not row[1].strip():
             raise BadInput(f"{data_path}, line {n}: row {row!r} has no caption (rows are path,caption; python prepare.py "
                            "filter --remove_empty_caption drops such rows)")
-        samples.append((os.path.join(root or os.path.dirname(data_path), row[0]), row[1]))
+        samples.append((video_path(data_path, row[0], root), row[1]))
     if not samples:
         raise BadInput(f"{data_path}: no rows (expected path,caption rows)")
     return samples
@@ -94,7 +95,7 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_path, num_frames=16, frame_interval=3, image_size=(256, 256), root=None, flip=True,
                  seed=0):
-        self.samples = read_csv(data_path, root)
+        self.data_path, self.samples = data_path, read_csv(data_path, root)
         self.num_frames, self.frame_interval, self.image_size = num_frames, frame_interval, tuple(image_size)
         self.flip, self.seed, self.epoch = flip, seed, 0
         self.bad = multiprocessing.RawArray("b", len(self.samples))  # 1: skipped; shared with forked workers
@@ -102,16 +103,7 @@ class VideoDataset(torch.utils.data.Dataset):
         for i, (path, _) in enumerate(self.samples):
             if not os.path.isfile(path):
                 self.mark_bad(i, "missing file")
-        for i in range(len(self.samples)):
-            if not self.bad[i]:
-                try:
-                    self.get(i, i)
-                    break
-                except BadSample as e:
-                    self.mark_bad(i, e)
-        else:
-            raise BadInput(f"{data_path}: none of its {len(self.samples)} rows is usable (missing or bad files, "
-                           f"warnings above; the first: {self.samples[0][0]})")
+        self[0]  # decodes rows until the first good one: BadInput if there is none
 
     def __len__(self):
         return len(self.samples)
@@ -128,11 +120,11 @@ class VideoDataset(torch.utils.data.Dataset):
             if not self.bad[i]:
                 self.bad[i] = 1
                 self.skipped.value += 1
-                warn(f"skipping {self.samples[i][0]}: {reason}")
+                print(f"data: skipping {self.samples[i][0]}: {reason}", file=sys.stderr, flush=True)
 
-    def get(self, i, key):
-        """Row i with the random draws of `key` (the index asked for); raises BadSample."""
-        g = draws(self.seed, self.epoch, key)
+    def get(self, i, key, epoch):
+        """Row i with the random draws of `key` (the index asked for) in `epoch`; raises BadSample."""
+        g = draws(self.seed, epoch, key)
         path, text = self.samples[i]
         x = torch.from_numpy(decode(path, self.num_frames, self.frame_interval, g)).permute(0, 3, 1, 2)  # (T, 3, H, W)
         flip = bool(self.flip and torch.rand((), generator=g) < 0.5)
@@ -144,10 +136,11 @@ class VideoDataset(torch.utils.data.Dataset):
             i = (index + j) % len(self.samples)
             if not self.bad[i]:
                 try:
-                    return self.get(i, index)
+                    return self.get(i, index, self.epoch)
                 except BadSample as e:
                     self.mark_bad(i, e)
-        raise RuntimeError(f"every one of the {len(self.samples)} samples is bad (see the warnings above)")
+        raise BadInput(f"{self.data_path}: none of its {len(self.samples)} rows is usable (missing or bad files, "
+                       f"warnings above; the first: {self.samples[0][0]})")
 
 
 def video_dataset(cfg):

@@ -30,9 +30,8 @@ def one_line_errors(kind, error, tb):
         line = one_line(error)
         print(line, file=sys.stderr, flush=True)
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):
-            with contextlib.suppress(OSError):
-                with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
-                    json.dump(dict(message=line, timestamp=int(time.time())), f)  # torchrun shows a str as is
+            with contextlib.suppress(OSError), open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
+                json.dump(dict(message=line, timestamp=int(time.time())), f)  # torchrun shows a str as is
         raise SystemExit(2)  # raised inside the hook, Python exits with this code (atexit handlers still run)
     sys.__excepthook__(kind, error, tb)
 

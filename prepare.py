@@ -11,13 +11,14 @@ and the latent cache.
 CSV rows are Open-Sora v1.0's, no header: path,caption,num_frames,fps,height,width (v1.0's tools read num_frames as
 the third column; train.py reads the first two). folder, scenes and check run a pool of --workers processes with a
 progress bar, record each finished row in OUT.partial as they go (a re-run skips those: it resumes), and write OUT
-(and OUT's _bad.csv report: path,reason per bad row) only at the end, through a temporary file renamed.
+(and OUT's _bad.csv report: path,reason per bad row) only at the end, through a temporary file renamed. A relative
+video path in a CSV is relative to the CSV's folder, as train.py reads it (data.video_path); OUT's paths are absolute.
 """
 import argparse
+import contextlib
 import csv
 import importlib.util
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -47,6 +48,12 @@ def read_rows(path):
         raise BadInput(f"{path}: not a CSV of UTF-8 text ({e}): give the path,caption CSV") from e
 
 
+def absolute(rows, src):
+    """rows of the CSV src, their video (the first column) an absolute path: a relative one is relative to src's
+    folder, as train.py reads it (data.video_path), whatever the current folder."""
+    return [[os.path.abspath(data.video_path(src, row[0]))] + row[1:] for row in rows]
+
+
 def bad_path(out):
     return os.path.splitext(out)[0] + "_bad.csv"
 
@@ -61,11 +68,9 @@ def run_pool(fn, items, out, workers, desc):
     if os.path.exists(journal):
         with open(journal) as f:
             for line in f:
-                try:
+                with contextlib.suppress(ValueError):  # the line an interruption cut short: that item runs again
                     item, result = json.loads(line)
                     done[json.dumps(item)] = result
-                except ValueError:
-                    pass  # the line an interruption cut short: that item runs again
     todo = [item for item in items if json.dumps(item) not in done]
     if done:
         print(f"{journal}: resuming, {len(items) - len(todo)} of {len(items)} rows already done")
@@ -93,15 +98,12 @@ def finish(out, good, bad, journal=None):
 
 
 def describe(path):
-    """(path, [num_frames, fps, height, width]) from the container's header (num_frames: the count data.decode uses),
+    """(path, [num_frames, fps, height, width]) from the container's header (num_frames: the count video.decode uses),
     or (path, the reason it cannot be read)."""
     if video.not_a_file(path):
         return path, video.not_a_file(path)
     try:
-        if path.lower().endswith(video.IMAGE_EXTS):
-            total = 1
-        else:
-            total, _, _ = video.frame_timing(path)
+        total = 1 if path.lower().endswith(video.IMAGE_EXTS) else video.frame_timing(path)[0]
         container, stream = video.open_video(path)
         with container:
             return path, [total, f"{float(stream.average_rate or 0):.6g}", stream.height, stream.width]
@@ -111,12 +113,11 @@ def describe(path):
 
 def check_row(row):
     """Decode every frame of row[0]: (row, [num_frames, fps, height, width]) or (row, the reason it is bad)."""
-    path = row[0]
-    _, info = describe(path)
+    _, info = describe(row[0])
     if isinstance(info, str):
         return row, info
     try:
-        container, stream = video.open_video(path)
+        container, stream = video.open_video(row[0])
         with container:
             count = sum(1 for _ in container.decode(stream))
     except (av.FFmpegError, OSError) as e:
@@ -156,7 +157,7 @@ def folder(src, out, captions=None, workers=4):
 def check(src, out, workers=4):
     """Decode every row of src: rows that decode go to out (num_frames, fps, height, width from the decoding: the
     frames that really decode), the others to the report with their reason."""
-    rows = read_rows(src)
+    rows = absolute(read_rows(src), src)
     results, journal = run_pool(check_row, rows, out, workers, f"checking {src}")
     good = [row[:2] + info for row, info in zip(rows, results) if not isinstance(info, str)]
     finish(out, good, [[row[0], info] for row, info in zip(rows, results) if isinstance(info, str)], journal)
@@ -173,19 +174,16 @@ def filter_rows(src, out, fmin=None, fmax=None, remove_empty_caption=False, remo
             if len(row) < 3 or not row[2].strip().isdigit():
                 raise BadInput(f"{src}, row {n}: no num_frames in its third column ({row[:3]}): run check (or folder) "
                                "first")
-            if not (fmin or 0) <= int(row[2]) <= (fmax if fmax is not None else math.inf):
+            if fmin is not None and int(row[2]) < fmin or fmax is not None and int(row[2]) > fmax:
                 continue
         caption = row[1].strip() if len(row) > 1 else ""
-        if remove_caption_prefix:
-            for prefix in CAPTION_PREFIXES:
-                if caption.startswith(prefix):
-                    caption = caption[len(prefix):].strip()
-                    caption = caption[:1].upper() + caption[1:]
-                    break
+        if remove_caption_prefix and caption.startswith(CAPTION_PREFIXES):
+            caption = next(caption[len(p):].strip() for p in CAPTION_PREFIXES if caption.startswith(p))
+            caption = caption[:1].upper() + caption[1:]
         if remove_empty_caption and not caption:
             continue
         good.append([row[0], caption] + row[2:])
-    finish(out, good, [])
+    finish(out, absolute(good, src), [])
 
 
 def scene_row(item):
@@ -235,37 +233,45 @@ def scenes(src, out_dir, out, min_seconds=1.0, max_seconds=10.0, shorter_size=0,
     """Every row's video cut at its scene changes (scene_row) into out_dir; out lists the clips."""
     if importlib.util.find_spec("scenedetect") is None:
         sys.exit("prepare.py scenes needs PySceneDetect (the library v1.0's tool used): pip install scenedetect")
-    items = [(row, os.path.abspath(out_dir), min_seconds, max_seconds, shorter_size) for row in read_rows(src)]
+    items = [(row, os.path.abspath(out_dir), min_seconds, max_seconds, shorter_size)
+             for row in absolute(read_rows(src), src)]
     results, journal = run_pool(scene_row, items, out, workers, f"cutting {src}")
     good = [clip for clips in results if not isinstance(clips, str) for clip in clips]
     finish(out, good, [[item[0][0], clips] for item, clips in zip(items, results) if isinstance(clips, str)], journal)
+
+
+def make_cache(config, overrides):
+    """config's data set encoded into its cache_dir (cache.build_cache); under torchrun each rank writes its shards."""
+    cfg = load_config(config, overrides)
+    validate(cfg, "cache")
+    toy.ensure_shapes(cfg)
+    rank, world, local = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    build_cache(cfg, f"cuda:{local}" if torch.cuda.is_available() else "cpu", rank=rank, world_size=world)
+    print(f"rank {rank}: its shards are written" if world > 1 else
+          f"{cfg['cache_dir']}: complete ({CachedDataset(cfg).num_skipped} rows skipped)")
 
 
 # ----------------------------------------------------------------------------- command line
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    workers = dict(type=int, default=os.cpu_count(), help="processes (default: one a core)")
-    p = sub.add_parser("folder", help="a folder of videos -> CSV (captions from .txt files or --captions CSV)")
-    p.add_argument("src")
-    p.add_argument("out")
+
+    def command(name, help, *positional, workers=True):
+        p = sub.add_parser(name, help=help)
+        for arg in positional:
+            p.add_argument(arg)
+        if workers:
+            p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: one a core)")
+        return p
+
+    p = command("folder", "a folder of videos -> CSV (captions from .txt files or --captions CSV)", "src", "out")
     p.add_argument("--captions", help="a path,caption CSV to join (paths relative to src, or file names)")
-    p.add_argument("--workers", **workers)
-    p = sub.add_parser("scenes", help="cut every row's video at scene changes (pip install scenedetect)")
-    p.add_argument("src")
-    p.add_argument("out_dir")
-    p.add_argument("out")
+    p = command("scenes", "cut every row's video at scene changes (pip install scenedetect)", "src", "out_dir", "out")
     p.add_argument("--min_seconds", type=float, default=1.0)
     p.add_argument("--max_seconds", type=float, default=10.0)
     p.add_argument("--shorter_size", type=int, default=0, help="scale the shorter side down to this (0: keep)")
-    p.add_argument("--workers", **workers)
-    p = sub.add_parser("check", help="decode every row: good rows -> out, bad ones -> out's _bad.csv")
-    p.add_argument("src")
-    p.add_argument("out")
-    p.add_argument("--workers", **workers)
-    p = sub.add_parser("filter", help="v1.0 csvutil's filters")
-    p.add_argument("src")
-    p.add_argument("out")
+    command("check", "decode every row: good rows -> out, bad ones -> out's _bad.csv", "src", "out")
+    p = command("filter", "v1.0 csvutil's filters", "src", "out", workers=False)
     p.add_argument("--fmin", type=int)
     p.add_argument("--fmax", type=int)
     p.add_argument("--remove_empty_caption", action="store_true")
@@ -277,17 +283,7 @@ def main(argv):
     args = vars(parser.parse_args(argv))  # each command's flags are its function's parameters
     if args.get("workers", 1) < 1:
         raise BadInput(f"--workers {args['workers']}: give 1 or more processes")
-    command = dict(folder=folder, scenes=scenes, check=check, filter=filter_rows).get(args.pop("command"))
-    if command:
-        command(**args)
-    else:
-        cfg = load_config(args["config"], args["overrides"])
-        validate(cfg, "cache")
-        toy.ensure_shapes(cfg)
-        rank, world, local = (int(os.environ.get(k, v)) for k, v in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-        build_cache(cfg, f"cuda:{local}" if torch.cuda.is_available() else "cpu", rank=rank, world_size=world)
-        print(f"rank {rank}: its shards are written" if world > 1 else
-              f"{cfg['cache_dir']}: complete ({CachedDataset(cfg).num_skipped} rows skipped)")
+    dict(folder=folder, scenes=scenes, check=check, filter=filter_rows, cache=make_cache)[args.pop("command")](**args)
 
 
 if __name__ == "__main__":

@@ -3649,6 +3649,23 @@ def test_prepare_folder_check_filter_then_train(tmp_path, capfd):
     assert sorted(losses(tmp_path / "o/shapes")) == [1, 2], out.stderr[-2000:]
 
 
+def test_prepare_relative_paths_are_relative_to_the_csv(tmp_path, monkeypatch):
+    """check, filter (and scenes) read a relative video path as train.py does, relative to the CSV's folder, whatever
+    the current folder; OUT's paths are absolute, so data.read_csv finds the same files wherever OUT is."""
+    (tmp_path / "data").mkdir()
+    vio.write_video(str(tmp_path / "data/a.mp4"), pan_frames(10), 30)
+    write_csv(tmp_path / "data/rows.csv", [["a.mp4", "The video shows a pan"], ["gone.mp4", "missing"]])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    prepare.main(["check", "../data/rows.csv", "good.csv", "--workers", "1"])
+    assert prepare.read_rows("good.csv") == [[str(tmp_path / "data/a.mp4"), "The video shows a pan", "10", "30", "48",
+                                              "64"]]
+    assert prepare.read_rows(prepare.bad_path("good.csv")) == [[str(tmp_path / "data/gone.mp4"), "missing file"]]
+    prepare.main(["filter", "../data/rows.csv", "../train.csv", "--remove_caption_prefix"])
+    assert data.read_csv(str(tmp_path / "train.csv")) == [(str(tmp_path / "data/a.mp4"), "A pan"),
+                                                          (str(tmp_path / "data/gone.mp4"), "missing")]
+
+
 _real_describe = prepare.describe
 
 

@@ -50,9 +50,7 @@ def shape_clip(colour, shape, direction, rng, num_frames=16, size=32):
 def make_shapes(out_dir, num, seed=0, num_frames=16, size=32, fps=8, csv_name="train.csv"):
     """Write num toy clips (all 32 captions in turn, random positions and speeds) and out_dir/csv_name (paths relative
     to it, no header); return the CSV's path. For a config's data_path: out_dir = its folder, csv_name = its name."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(out_dir or ".", exist_ok=True)  # data_path="train.csv": the current folder
-    rows = []
+    rng, rows = np.random.default_rng(seed), []  # (the folder is made by the first write: errors.atomic)
     for n in range(num):
         caption = SHAPES_PROMPTS[n % len(SHAPES_PROMPTS)]
         _, colour, shape, _, direction = caption.split()
@@ -68,7 +66,8 @@ def judge_clip(frames, caption, dark=0.25):
     foreground's mean colour (scaled to max 1), not a vote of its pixels, so a mixed blob fails. Direction: the
     dominant axis and sign of the centroid's motion fitted by least squares over the frames that have a foreground
     (none under 1 pixel over the clip), not just the first and last frame. Clean: every pixel more than one pixel (two
-    in yuv420p videos) from the foreground has its brightest channel < dark (64 of 255): no speckled or grey background."""
+    in yuv420p videos) from the foreground has its brightest channel < dark (64 of 255): no speckled or grey
+    background."""
     frames = to_uint8(frames).astype(np.float32) / 255
     bright = frames.max(-1)
     fg = bright >= 0.5  # (T, H, W)
@@ -103,19 +102,16 @@ def judge_files(target):
     if target.endswith(".csv"):
         pairs = read_csv(target)
     else:
-        known = {}
-        if os.path.exists(os.path.join(target, "train.csv")):
-            known = {os.path.basename(p): c for p, c in read_csv(os.path.join(target, "train.csv"))}
+        listed = os.path.join(target, "train.csv")
+        known = {os.path.basename(p): c for p, c in read_csv(listed)} if os.path.exists(listed) else {}
         names = sorted(n for n in os.listdir(target) if n.endswith(".mp4"))
         pairs = [(os.path.join(target, n), known.get(n, caption_from_name(n))) for n in names]
     pattern = re.compile(r"\b(%s)\b.*\bmoving (%s)\b" % ("|".join(COLOURS), "|".join(DIRECTIONS)))
     pairs = [(p, c) for p, c in pairs if pattern.search(c.lower())]  # toy captions only
     if not pairs:
         raise BadInput(f"{target}: no clips with a toy caption ('a red circle moving right') to judge")
-    results = []
-    for path, caption in pairs:
-        r = judge_clip(read_video(path), caption)
-        results.append(r)
+    results = [judge_clip(read_video(path), caption) for path, caption in pairs]
+    for (path, caption), r in zip(pairs, results):
         if not (r["colour_ok"] and r["direction_ok"] and r["clean"]):
             print(f"{path}: '{caption}' looks {r['colour']} moving {r['direction']}"
                   + ("" if r["clean"] else ", on a speckled background"))
@@ -135,9 +131,8 @@ if __name__ == "__main__":
     p = sub.add_parser("shapes", help="write the moving-shapes toy set")
     p.add_argument("out_dir")
     p.add_argument("--num", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=32)
+    for flag, default in (("--seed", 0), ("--num_frames", 16), ("--size", 32)):
+        p.add_argument(flag, type=int, default=default)
     p = sub.add_parser("judge", help="colour / direction accuracy and clean backgrounds of toy clips")
     p.add_argument("target", help="a folder of mp4s or a CSV")
     args = parser.parse_args()

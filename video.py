@@ -32,10 +32,10 @@ def to_uint8(frames):
     return frames
 
 
-def write_video(path, frames, fps=8, crf=10, codec="libx264", options=None):
+def write_video(path, frames, fps=8, codec="libx264", options=None):
     """Write frames (see to_uint8, or any iterable of uint8 (H, W, 3) arrays or av.VideoFrames: streamed) as a video,
     or a one-frame clip as a PNG when path ends in .png (lossless), atomically; return path. The extension picks the
-    container; options: the encoder's (default {"crf": crf}). Odd sizes are padded by edge repeats for video. crf 10
+    container; options: the encoder's (default {"crf": "10"}). Odd sizes are padded by edge repeats for video. crf 10
     (default 23) keeps small pure-colour clips faithful. Below 32 pixels yuv444p, not yuv420p: half-resolution colour
     blurs a 2x2-pixel shape into black (an 8x8 demo sample's blue read back at 126 instead of 194)."""
     png = path.lower().endswith(".png")
@@ -55,7 +55,7 @@ def write_video(path, frames, fps=8, crf=10, codec="libx264", options=None):
                     stream = container.add_stream("png")
                 else:
                     stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                    stream.options = {"crf": str(crf)} if options is None else options
+                    stream.options = {"crf": "10"} if options is None else options
                 stream.width, stream.height = frame.width, frame.height
                 stream.pix_fmt = "rgb24" if png else "yuv444p" if min(frame.width, frame.height) < 32 else "yuv420p"
             frame.pts = None  # numbered by the encoder (a decoded frame would keep its source's pts)
@@ -203,17 +203,16 @@ def decode(path, num_frames, frame_interval, generator, seek=True):
         raise BadSample(not_a_file(path))
     try:
         if path.lower().endswith(IMAGE_EXTS):  # v1.0: an image is repeated num_frames times
-            container, stream = open_video(path)
-            with container:
-                return np.repeat(next(container.decode(stream)).to_ndarray(format="rgb24")[None], num_frames, axis=0)
-        total, start, step = frame_timing(path)
-        picks = frame_indices(total, num_frames, frame_interval, generator)
-        got = frames_seeking(path, picks, start, step) if seek and step is not None else None
+            picks, got = [0] * num_frames, None
+        else:
+            total, start, step = frame_timing(path)
+            picks = frame_indices(total, num_frames, frame_interval, generator)
+            got = frames_seeking(path, picks, start, step) if seek and step is not None else None
         if got is None:
             got = frames_from_start(path, picks)
-    except (av.FFmpegError, OSError, StopIteration) as e:  # InvalidDataError for a cut mp4, permission errors, ...
+    except (av.FFmpegError, OSError) as e:  # InvalidDataError for a cut mp4, permission errors, ...
         raise BadSample(f"unreadable: {type(e).__name__}: {e}") from e
-    if len(got) < len(picks):
+    if len(got) < len(set(picks)):
         raise BadSample(f"truncated: decoded {len(got)} of the {len(picks)} frames needed (frame {picks[-1]})")
     return np.stack([got[k] for k in picks])
 
