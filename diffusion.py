@@ -351,6 +351,10 @@ def dpm_solver_sample(model, z, y, y_null, cfg_scale, steps, order=2, model_kwar
     return x
 
 
+# one text for both checks: here, and sample.read_conditions before any model loads
+NO_EDIT_RATIOS = "dpm-solver: edit ratios (0 < edit_ratio < 1) need the iddpm sampler; conditions (0) work"
+
+
 class DPMSolver:
     """The "dpm-solver" sampler: DPM-Solver++ multistep, order 2, time-uniform, on a model whose first C output
     channels are the noise (a learned-variance half, if any, is dropped)."""
@@ -364,7 +368,7 @@ class DPMSolver:
         n = len(prompts)
         z = randn((n, *z_size), device, generators) if z is None else z  # the first draw after the caller's seed
         if mask is not None and ((mask > 0) & (mask < 1)).any():
-            raise BadInput("dpm-solver: edit ratios (0 < edit_ratio < 1) need the iddpm sampler; conditions (0) work")
+            raise BadInput(NO_EDIT_RATIOS)
         keep = None if mask is None else (mask == 0)[:, None, :, None, None]  # (n, 1, T, 1, 1)
         # y=(n, 1, L, C), mask=(n, L) (the model tiles it) and additional_args
         model_args = dict(encoded or text_encoder.encode(prompts)) | (additional_args or {})

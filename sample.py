@@ -41,7 +41,7 @@ import parallel
 import stepcache
 from checkpoints import load_weights, newest_that_loads, read_weights, resolve_weights, sha256
 from config import DEFAULTS, load_config, validate
-from diffusion import apply_mask_strategy, build_scheduler, parse_mask_strategy, randn
+from diffusion import NO_EDIT_RATIOS, apply_mask_strategy, build_scheduler, parse_mask_strategy, randn
 from errors import BadInput, one_line_errors, run_dtype, sweep, write_atomic
 from model import PixArtMS, build_model
 from text import build_text_encoder
@@ -173,7 +173,7 @@ def read_conditions(cfg, prompts):
     dpm = (cfg["sample_scheduler"] or cfg["scheduler"])["type"] == "dpm-solver"
     for path, strategy in zip(paths, strategies):  # a bad one: one line, now
         if any(dpm and 0 < e[5] < 1 for e in parse_mask_strategy(strategy, len(path) + cfg["loop"] - 1, frames)):
-            raise BadInput("dpm-solver: edit ratios (0 < edit_ratio < 1) need the iddpm sampler; conditions (0) work")
+            raise BadInput(NO_EDIT_RATIOS)
     return [(path, strategy or None) for path, strategy in zip(paths, strategies)]
 
 
