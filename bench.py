@@ -5,6 +5,8 @@
     python bench.py --rows=c256 --plain  # some rows, plain path (eager, no fusion)
     python bench.py --set=t512.batch=4   # change a row's setting
     python bench.py --tiny               # tiny random models on the CPU: a smoke test of this file
+    torchrun --nproc_per_node=2 bench.py --rows=c256,c512 --compile=0                 # ZeRO-2 over 2 GPUs
+    torchrun --nproc_per_node=2 bench.py --rows=c256,c512 --compile=0 --sp_size=2     # Ulysses over 2 GPUs
 
 Rows (train.py's step: encode, IDDPM training_losses, backward, ZeroAdamW step, EMA; data loading not included): t256
 / c256 train 16x256 with VAE + T5 encoding in the step / from cached latents and caption embeddings; t512 / c512 the
