@@ -36,7 +36,7 @@ DEFAULTS = dict(
     # data
     num_frames=16, frame_interval=3, image_size=(256, 256), root=None, data_path=None,
     use_image_transform=False,  # v1.0's key, accepted and unused: an image row is recognised by its extension
-    num_workers=4, cache_dir=None, make_shapes=0,
+    num_workers=4, cache_dir=None, make_shapes=0, shapes_wrap=False,  # the toy set (toy.py), on a torus if wrap
     cache_windows=1, cache_posterior=False,  # clips per video in the cache, and the posterior's std (prepare.py cache)
     # model and encoders (dicts with a `type`)
     model=None, vae=None, text_encoder=None, scheduler=None, sample_scheduler=None,

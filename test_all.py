@@ -2466,8 +2466,11 @@ def test_toy_judge_is_strict():
     """Clips a lenient judge (a vote of the pixels' colours, the first and last frame's centroids, no look at the
     background) would pass: a red-and-green blob, a shape that jumps right and then goes left, speckles around it."""
     frames = toy.shape_clip("red", "square", "right", np.random.default_rng(0))  # (16, 32, 32, 3) on black
-    assert toy.judge_clip(frames, "a red square moving right") | dict(colour="red", direction="right") == dict(
-        colour_ok=True, direction_ok=True, clean=True, colour="red", direction="right")
+    r = toy.judge_clip(frames, "a red square moving right")
+    x = r.pop("centroids")[:, 0]
+    assert (np.diff(x) > 0).all() and abs(x[-1] - x[0] - 23) < 0.6  # edge to edge: 32 - 2r - 1 pixels
+    assert r | dict(colour="red", direction="right") == dict(colour_ok=True, direction_ok=True, clean=True,
+                                                             colour="red", direction="right")
     mixed, fg = frames.copy(), frames.max(-1) > 0
     mixed[fg] = (255, 115, 0)  # each pixel nearer red than yellow...
     mixed[:, ::3][fg[:, ::3]] = (0, 255, 0)  # ...and a third green: a vote says red, the mean is yellow
@@ -2480,6 +2483,46 @@ def test_toy_judge_is_strict():
     assert r["colour_ok"] and r["direction_ok"] and not r["clean"]
     assert not toy.judge_clip(np.maximum(frames, 70), "a red square moving right")["clean"]  # a grey background
     assert toy.judge_clip(np.maximum(frames, 60), "a red square moving right")["clean"]  # dark enough
+
+
+def test_toy_wrap_start_and_joins(tmp_path):
+    """The torus set (toy.py shapes --wrap) and what judge_video reads from sample.py's sidecars: the start of an
+    image-to-video clip against its reference, the joins of a looped one."""
+    rng = np.random.default_rng(0)
+    for caption in toy.SHAPES_PROMPTS[:8]:
+        _, colour, shape, _, direction = caption.split()
+        clip = toy.shape_clip(colour, shape, direction, rng, 20, 16, wrap=True)
+        r = toy.judge_clip(clip, caption, wrap=True)
+        assert r["colour_ok"] and r["direction_ok"] and r["clean"], (caption, r)
+        dx, dy = toy.DIRECTIONS[direction]
+        moves = toy.step(r["centroids"][:-1], r["centroids"][1:], np.array([16, 16]), wrap=True) @ (dx, dy)
+        assert (moves > -0.6).all() and abs(moves.mean() - 11 / 19) < 0.05  # the crossing's speed, across the edge
+        assert not toy.judge_clip(clip[::-1], caption, wrap=True)["direction_ok"]
+    caption, clip = "a red square moving right", toy.shape_clip("red", "square", "right", rng, 20, 16, wrap=True)
+    assert (clip[..., 0] > 0).any(-2)[:, [0, -1]].any()  # it crosses the edge in these 20 frames
+
+    def sampled(name, frames, side):  # a video and the sidecar sample.py would write beside it, named as it names
+        path = tmp_path / f"a_red_square_moving_right-{name}.mp4"
+        vio.write_video(str(path), frames, 8)
+        path.with_suffix(".json").write_text(json.dumps(dict(side, config=dict(
+            num_frames=8, condition_frame_length=2) | side.get("config", {}))))
+        return toy.judge_video(str(path), caption, wrap=True)
+
+    for name, start in (("ref", 0), ("late", 5)):
+        vio.write_video(str(tmp_path / f"{name}_image.mp4"), clip[start:start + 1], 8)
+    i2v = dict(reference_path=str(tmp_path / "ref_image.mp4"), mask_strategy="0")
+    assert sampled("i2v", clip[:8], i2v)["start_ok"]  # frame 1, the first generated, 0.58 pixels on
+    assert not sampled("late", clip[:8], dict(i2v, reference_path=str(tmp_path / "late_image.mp4")))["start_ok"]
+    loop = dict(config=dict(loop=3))  # 8 + 6 + 6 frames, joins at 8 and 14
+    r = sampled("loop", clip, loop)
+    assert r["joins_ok"] and len(r["joins"]) == 2
+    back = clip.copy()
+    back[14:] = np.roll(clip[14:], -3, axis=2)  # the third loop starts 3 pixels back
+    r = sampled("back", back, loop)
+    assert not r["joins_ok"] and r["joins"][1] <= -1.5
+    assert "joins" not in toy.judge_clip(clip, caption, wrap=True)
+    acc = toy.judge_files(str(tmp_path), wrap=True)  # (the reference images have no toy caption: not judged)
+    assert acc["n"] == 4 and acc["start"] == acc["joins"] == 0.5
 
 
 def test_toy_make_shapes_writes_the_named_csv(tmp_path, monkeypatch):

@@ -1,16 +1,18 @@
-# The CPU demo for image-to-video and long videos (v1.1's mask strategy on STDiT): the toy set of configs/shapes.py,
-# 8 frames a clip, and patches of ONE frame (patch_size (1, 2, 2)), which frame masks need: the temporal attention alone
-# must carry the motion. Training masks frames as v1.1 does (mask_ratios): half the clips text-only, the others with
-# their first frame (image-to-video), their first quarter (extension, the loops) or a random frame given.
+# The CPU demo for image-to-video and long videos (v1.1's mask strategy on STDiT): the toy shapes on a torus
+# (shapes_wrap: a shape leaving one edge comes back at the other, so a clip can go on in a loop), 8 frames a clip, and
+# patches of ONE frame (patch_size (1, 2, 2)), which frame masks need: the temporal attention alone must carry the
+# motion. Training masks frames as v1.1 does (mask_ratios): half the clips text-only, the others with their first
+# frame (image-to-video), their first quarter (extension, the loops) or a random frame given.
 # Commands (train, image-to-video, 3 loops, text only) and what they gave: docs/toy.md ("Image-to-video and loops").
 num_frames = 8
 frame_interval = 2  # frames 0, 2, .., 14 of the 16-frame toy clips: the whole crossing
 image_size = (8, 8)
 
 root = None
-data_path = "data/shapes/train.csv"  # the same toy set as configs/shapes.py (made on first use)
+data_path = "data/shapes_wrap/train.csv"  # made on first use
 make_shapes = 512
-cache_dir = "data/shapes/cache_mask"  # its own cache: 8 frames, not 4
+shapes_wrap = True
+cache_dir = "data/shapes_wrap/cache"
 num_workers = 0
 
 dtype = "fp32"
