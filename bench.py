@@ -75,7 +75,7 @@ ROWS = {  # frames, pixel size, batch, checkpointed blocks (the first that fits 
     "c64": dict(kind="train", frames=64, size=512, batch=1, ckpt=[10, 12, 14, 16, 20, 24, 28], online=False, steps=4),
     "l360": dict(kind="train", frames=360, size=512, batch=1, ckpt=[28], online=False, steps=2),
     **{n + (c and f"-{c}"): dict(kind="sample", frames=16, size=z, sampler=s, steps=k, repeat=r, cache=c or None,
-                                 label=f"sample 16x{z} {'dpm20+cfg' if k == 20 else 'iddpm100'}" + (c and f" {c[:3]}"))
+                                 label=f"sample 16x{z} {'dpm20+cfg' if k == 20 else 'iddpm100'}" + (c and f" {c}"))
        for n, z, s, k, r in (("s256", 256, "dpm-solver", 20, 3), ("s512", 512, "dpm-solver", 20, 2),
                              ("i256", 256, "iddpm", 100, 1), ("i512", 512, "iddpm", 100, 1)) for c in ("", *stepcache.PRESETS)},
     # the zoo from cached latents and captions: v1.0's acceleration table (full attention vs STDiT's split attention)
@@ -266,6 +266,7 @@ def memory_row(args, row, device):
     fp32 (ROW.t5=bf16) on the GPU -> the sidecar's seconds and peak GPU memory per stage. Peaks are torch's allocated
     bytes: a card also needs room for the CUDA context (~0.5 GiB) and the caching allocator."""
     cfg = load_config(row["config"], ["--batch_size=1", *row.get("overrides", [])])
+    resident = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0  # (counted in the peaks)
     frames = row.get("vae_micro", cfg["vae"].get("micro_batch_size"))
     dtype = run_dtype(cfg["dtype"], device)
     vae, t5 = build_encoders(argparse.Namespace(**dict(vars(args), plain=True, vae_micro_batch=frames)), device, dtype,
@@ -288,7 +289,7 @@ def memory_row(args, row, device):
             side = json.load(f)
     stages = ("text_encoder", "diffusion", "vae")
     peak = max(side[f"{s}_peak_gib"] or 0 for s in stages)
-    return (f"{row['label']:<30}{side['sampler']} {side['num_sampling_steps']:>3} {side['dtype']:<8}"
+    return (f"{row['label']:<30}resident at start {resident:4.1f} GiB  {side['sampler']} {side['num_sampling_steps']:>3} {side['dtype']:<8}"
             f"T5 {row.get('t5', 'fp32')} {frames or 'all':>3} frames/VAE call  " +
             "  ".join(f"{s.split('_')[0]} {side[f'{s}_s']:6.1f} s {side[f'{s}_peak_gib'] or 0:5.1f} GiB" for s in stages)
             + f"  peak {peak:5.1f} GiB")
@@ -502,6 +503,9 @@ def main():
     for name in names:
         row = ROWS[name]
         if row["kind"] == "memory":  # sample.py's own stages, read from the sidecar of the video it wrote
+            torch._dynamo.reset()  # (the compiled graphs of the row before hold its model: not this row's memory)
+            gc.collect()
+            torch.cuda.empty_cache()
             stages.append(memory_row(args, row, device))
             log(stages[-1], flush=True)
             continue

@@ -1590,7 +1590,8 @@ def test_iddpm_masked_sampling_matches_v11_fixture():
 # ============================================================================= stepcache.py: caching across denoising steps (PAB, TeaCache)
 import stepcache  # noqa: E402
 
-CACHE_ERR = {"pab": 0.1, "teacache:0.1": 0.02}  # each preset's stated error on this model (measured 0.05, 0.003): relative
+# each preset's stated error on this model, relative to exact (measured: 0.03-0.05, 0.08-0.12, 0.002-0.003)
+CACHE_ERR = {"pab": 0.1, "pab-fast": 0.2, "teacache:0.1": 0.02}
 
 
 @pytest.fixture(scope="module")
@@ -1658,6 +1659,7 @@ def test_stepcache_off_is_exact_and_presets_within_stated_error(toy_trained, sam
     for spec, bound in CACHE_ERR.items():
         z, state = cached_sample(model, text_encoder, prompts, sampler, steps, spec)
         err = rel(z, exact)
+        print(f"{sampler} {spec}: rel err {err:.3f}, reused {state.reused}")
         assert state.reused and 0 < err <= bound, (spec, err, state.reused)
 
 
@@ -1665,6 +1667,7 @@ def test_stepcache_settings_and_bad_input(tmp_path):
     assert stepcache.settings("teacache:0.2") == dict(type="teacache", threshold=0.2)
     assert stepcache.settings("pab:spatial=3,end=0.9") == dict(stepcache.PRESETS["pab"], spatial=3, end=0.9)
     assert stepcache.settings(dict(type="pab", cross=8))["cross"] == 8 and stepcache.settings("None") is None
+    assert stepcache.settings("pab-fast:cross=10") == dict(stepcache.PRESETS["pab-fast"], cross=10, type="pab")
     for bad in ("pac", "pab:spatial=0", "pab:spatial=2.5", "pab:start=0.9,end=0.1", "teacache:-1", "pab:sptial=3",
                 "teacache:x", {"spatial": 2}):
         bad_input(stepcache.settings, bad)
